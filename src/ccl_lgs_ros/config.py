@@ -1,0 +1,436 @@
+"""The one configuration tree of ccl_lgs.
+
+Every tunable value has exactly one default, here, with its documentation in the field's
+``metadata["help"]``. The command line (``--set section.field=value``), the ROS node
+(parameters named ``section.field``) and YAML files (``config/*.yaml``) are all derived from
+these dataclasses; nothing else defines defaults.
+
+Sections map to pipeline stages: ``capture`` (keyframes), ``rgb`` (Gaussian reconstruction),
+``priors`` (SAM / SAM 2 / CLIP or the simulator), ``field`` (codebook + semantic field),
+``query`` (3D retrieval) and ``node`` (the ROS 2 node).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+FORMAT_VERSION = 1
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse wording
+    """A dataclass field with documentation (and optional ``choices`` / ``min`` / ``max``)."""
+    meta = {"help": help, **kw}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class CaptureConfig:
+    """Keyframe selection and capture persistence."""
+
+    min_translation: float = _f(0.05, "Keep a frame when the camera moved more than this (m).", min=0.0)
+    min_rotation_deg: float = _f(5.0, "Keep a frame when the camera turned more than this (deg).", min=0.0)
+    blur_rejection: bool = _f(True, "Reject frames much blurrier than recent ones.")
+    blur_ratio: float = _f(
+        0.4,
+        "A frame is blurry when its Laplacian variance is below this fraction of the recent median.",
+        min=0.0,
+        max=1.0,
+    )
+    blur_window: int = _f(15, "Number of recent frames the blur median is taken over.", min=1)
+    max_keyframes: int = _f(2000, "Maximum number of keyframes kept.", min=1)
+    full_policy: str = _f(
+        "stop",
+        "What to do when max_keyframes is reached: 'stop' keeps the first ones, "
+        "'thin' drops every second keyframe and doubles the motion thresholds.",
+        choices=["stop", "thin"],
+    )
+    max_image_pixels: int = _f(4096 * 4096, "Images with more pixels than this are refused.", min=1)
+    image_format: str = _f("png", "File format of stored colour images.", choices=["png", "jpg"])
+    jpeg_quality: int = _f(95, "JPEG quality when image_format is jpg.", min=1, max=100)
+
+
+@dataclass
+class RgbConfig:
+    """RGB 3D Gaussian splatting (geometry and colour, frozen afterwards)."""
+
+    backend: str = _f(
+        "auto",
+        "Renderer: 'gsplat' (CUDA), 'torch' (pure PyTorch, any device) or 'auto' "
+        "(gsplat on CUDA, torch otherwise).",
+        choices=["auto", "gsplat", "torch"],
+    )
+    iterations: int = _f(7000, "Optimisation steps of the RGB reconstruction.", min=0)
+    downscale: int = _f(1, "Integer image downscale factor used for training.", min=1)
+    max_init_points: int = _f(100_000, "Cap on the number of initial Gaussians.", min=1)
+    sh_degree: int = _f(3, "Spherical-harmonics degree of the colour.", min=0, max=3)
+    ssim_lambda: float = _f(0.2, "Weight of the D-SSIM term (1 - lambda goes to L1).", min=0.0, max=1.0)
+    depth_lambda: float = _f(0.0, "Weight of the optional depth loss (needs depth images).", min=0.0)
+    densify: bool = _f(True, "Densify and prune with gsplat's DefaultStrategy.")
+    holdout_every: int = _f(8, "Every n-th frame is held out for evaluation (0 = none).", min=0)
+    checkpoint_every: int = _f(1000, "Write a resumable checkpoint every n steps.", min=1)
+    background: str = _f("black", "Background colour for rendering.", choices=["black", "white"])
+    seed: int = _f(0, "Random seed of the reconstruction.")
+
+
+@dataclass
+class PriorsConfig:
+    """2D semantic priors: SAM two-level masks, CLIP mask features, SAM 2 association."""
+
+    backend: str = _f(
+        "real",
+        "'real' runs SAM / SAM 2 / OpenCLIP from the checkpoints below; 'simulator' is the "
+        "documented stand-in that reads ground-truth instance maps (tests and demo only).",
+        choices=["real", "simulator"],
+    )
+    sam_model_type: str = _f("vit_h", "SAM architecture.", choices=["vit_h", "vit_l", "vit_b"])
+    sam_checkpoint: str = _f("", "Path to the SAM checkpoint (e.g. sam_vit_h_4b8939.pth).")
+    sam2_config: str = _f("configs/sam2.1/sam2.1_hiera_l.yaml", "SAM 2 model config name.")
+    sam2_checkpoint: str = _f("", "Path to the SAM 2 checkpoint (e.g. sam2.1_hiera_large.pt).")
+    clip_model: str = _f("ViT-B-16", "OpenCLIP architecture.")
+    clip_pretrained: str = _f(
+        "laion2b_s34b_b88k", "OpenCLIP pretrained tag (used to name/download weights when online)."
+    )
+    clip_checkpoint: str = _f("", "Path to OpenCLIP weights (open_clip_pytorch_model.bin).")
+    points_per_side: int = _f(32, "SAM prompt grid size (points per side).", min=1)
+    pred_iou_thresh: float = _f(0.7, "Minimum SAM predicted IoU of a kept mask.", min=0.0, max=1.0)
+    stability_score_thresh: float = _f(0.85, "Minimum SAM stability score.", min=0.0, max=1.0)
+    overlap_thresh: float = _f(0.8, "Masks overlapping a better mask more than this are removed.")
+    min_mask_area: int = _f(100, "Masks smaller than this (pixels) are dropped.", min=0)
+    association_iou: float = _f(0.5, "IoU above which a mask takes a tracked object's label.")
+    reseed: bool = _f(True, "Re-seed the tracker with unlabelled masks of later frames.")
+    granularity_aware: bool = _f(False, "GAGS granularity-aware prompting (needs depth).")
+    image_size: int = _f(0, "Longest image side fed to the priors (0 = capture resolution).", min=0)
+    sim_corruption: float = _f(
+        0.3,
+        "Simulator only: strength 0..1 of view-dependent mask corruption (splits, merges, "
+        "boundary noise, misses) and tracker identity errors.",
+        min=0.0,
+        max=1.0,
+    )
+    sim_feature_noise: float = _f(0.15, "Simulator only: per-view noise of mask features.", min=0.0)
+    sim_dim: int = _f(512, "Simulator only: dimension of the simulated CLIP space.", min=8)
+    sim_seed: int = _f(0, "Simulator only: random seed.")
+
+
+@dataclass
+class FieldConfig:
+    """Contrastive codebook and the semantic Gaussian field (CCL-LGS and variants)."""
+
+    method: str = _f(
+        "ccl", "'ccl' (CCL-LGS), 'gags' (granularity-aware distillation) or 'cgc' "
+        "(contrastive Gaussian clustering).", choices=["ccl", "gags", "cgc"]
+    )
+    levels: list = _f(["sp", "wp"], "Mask levels trained (CCL-LGS: sub-part+part, whole+part).")
+    codebook_size: int = _f(64, "Number of codebook prototypes N per level.", min=2)
+    codebook_iterations: int = _f(2000, "Optimisation steps of the codebook.", min=0)
+    codebook_lr: float = _f(1e-2, "Learning rate of the codebook.", min=0.0)
+    lambda_pull: float = _f(0.25, "Weight of the pull loss (same tracked object).", min=0.0)
+    lambda_push: float = _f(0.25, "Weight of the push loss (different tracked objects).", min=0.0)
+    push_margin: float = _f(0.7, "Cosine margin m of the push loss.")
+    feature_dim: int = _f(8, "Semantic feature channels per Gaussian and level.", min=1)
+    iterations: int = _f(30000, "Optimisation steps of the semantic field.", min=0)
+    lr: float = _f(1e-3, "Adam learning rate of the field (betas 0.9, 0.999).", min=0.0)
+    spatial_lambda: float = _f(
+        0.0, "Weight of the CGC 3D spatial-similarity regulariser (0 = off; on for 'cgc').", min=0.0
+    )
+    spatial_knn: int = _f(8, "Neighbours of the spatial regulariser.", min=1)
+    seed: int = _f(0, "Random seed of codebook and field.")
+
+
+@dataclass
+class QueryConfig:
+    """3D retrieval: text -> matching object instances."""
+
+    negatives: list = _f(
+        ["object", "things", "stuff", "texture"], "Canonical negative phrases of the relevance."
+    )
+    threshold: float = _f(0.5, "Relevance above which a Gaussian is selected.", min=0.0, max=1.0)
+    min_opacity: float = _f(0.1, "Gaussians less opaque than this are ignored.", min=0.0, max=1.0)
+    cluster_eps: float = _f(0.05, "DBSCAN neighbourhood radius in metres (world frame).", min=0.0)
+    cluster_min_points: int = _f(10, "DBSCAN minimum points of a core Gaussian.", min=1)
+    min_instance_gaussians: int = _f(20, "Instances with fewer Gaussians are dropped.", min=1)
+    point_spacing: float = _f(0.01, "Spacing of the sampled surface point cloud (m).", min=0.0)
+    max_instances: int = _f(0, "Maximum instances returned per query (0 = all).", min=0)
+    max_query_chars: int = _f(256, "Longer queries are refused.", min=1)
+
+
+@dataclass
+class NodeConfig:
+    """The ROS 2 mapping node."""
+
+    image_topic: str = _f("/camera/color/image_raw", "Colour image (Image or CompressedImage).")
+    camera_info_topic: str = _f("/camera/color/camera_info", "CameraInfo of the colour image.")
+    depth_topic: str = _f("", "Aligned depth image (16UC1 mm or 32FC1 m); empty = none.")
+    pose_source: str = _f(
+        "tf", "'tf' (camera optical frame in fixed_frame via tf2_ros) or 'topic'.",
+        choices=["tf", "topic"],
+    )
+    pose_topic: str = _f("/camera/pose", "Pose topic (PoseStamped, Odometry or TransformStamped).")
+    pose_topic_type: str = _f(
+        "PoseStamped", "Message type of pose_topic.",
+        choices=["PoseStamped", "Odometry", "TransformStamped"],
+    )
+    camera_in_body: list = _f(
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+        "Static camera optical frame in the pose topic's body frame: x y z qx qy qz qw.",
+    )
+    max_pose_gap: float = _f(0.1, "Largest time gap (s) between an image and a pose.", min=0.0)
+    tf_timeout: float = _f(0.1, "How long to wait for a transform (s).", min=0.0)
+    fixed_frame: str = _f("map", "The robot's fixed frame; all outputs are in it.")
+    device: str = _f("cuda", "Device of the training process ('cuda', 'cuda:1', 'cpu').")
+    capture_dir: str = _f("~/.ros/ccl_lgs/capture", "Capture folder written by the node.")
+    scene_dir: str = _f("~/.ros/ccl_lgs/scenes", "Folder of trained scenes.")
+    allowed_roots: list = _f(
+        ["~/.ros/ccl_lgs"], "Paths a caller may name (load scene, capture folder) must lie inside these."
+    )
+    serve_only: bool = _f(False, "Do not capture; only load and serve a trained scene.")
+    initial_scene: str = _f("", "Scene loaded at start (serve-only robots).")
+    train_preset: str = _f("default", "Preset used by the train action when the goal names none.")
+    publish_rate: float = _f(1.0, "Rate (Hz) of status and scene-cloud republishing.", min=0.0)
+
+
+@dataclass
+class Config:
+    """Root of the configuration tree."""
+
+    device: str = _f("cpu", "Torch device of the pipeline ('cpu', 'cuda', 'cuda:0').")
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    rgb: RgbConfig = field(default_factory=RgbConfig)
+    priors: PriorsConfig = field(default_factory=PriorsConfig)
+    field: FieldConfig = field(default_factory=FieldConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+
+
+#: Named presets: overrides applied on top of the defaults (then YAML, then explicit overrides).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "fast": {
+        "rgb.iterations": 3000,
+        "field.iterations": 5000,
+        "field.codebook_iterations": 1000,
+    },
+    # Small enough for 2 CPU cores in a test or the demo.
+    "tiny": {
+        "rgb.iterations": 300,
+        "rgb.sh_degree": 1,
+        "rgb.checkpoint_every": 100,
+        "rgb.max_init_points": 6000,
+        "field.iterations": 300,
+        "field.codebook_iterations": 300,
+        "field.codebook_size": 32,
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range."""
+
+
+def _resolved_type(owner: type, f: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(owner)
+    return hints[f.name]
+
+
+def iter_fields(cfg: Config | None = None) -> list[tuple[str, dataclasses.Field, Any, type]]:
+    """All leaf fields as ``(dotted_name, field, value, type)``, in declaration order."""
+    cfg = cfg if cfg is not None else Config()
+    out = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            sec_type = type(value)
+            for sf in dataclasses.fields(value):
+                out.append((f"{f.name}.{sf.name}", sf, getattr(value, sf.name), _resolved_type(sec_type, sf)))
+        else:
+            out.append((f.name, f, value, _resolved_type(Config, f)))
+    return out
+
+
+def _coerce(name: str, value: Any, typ: Any, f: dataclasses.Field) -> Any:
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                value = True
+            elif low in ("0", "false", "no", "off"):
+                value = False
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a boolean, got {value!r}")
+    elif typ is int:
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    elif typ is float:
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        value = float(value)
+        if value != value:
+            raise ConfigError(f"{name}: NaN is not a valid value")
+    elif typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+    elif typ is list or origin is list:
+        if isinstance(value, str):
+            text = value.strip()
+            value = yaml.safe_load(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        value = list(value)
+    meta = f.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{name}: {value!r} is not one of {meta['choices']}")
+    if "min" in meta and isinstance(value, (int, float)) and value < meta["min"]:
+        raise ConfigError(f"{name}: {value!r} is below the minimum {meta['min']}")
+    if "max" in meta and isinstance(value, (int, float)) and value > meta["max"]:
+        raise ConfigError(f"{name}: {value!r} is above the maximum {meta['max']}")
+    return value
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set ``section.field`` (or a root field) on ``cfg``, validating type and range."""
+    parts = dotted.split(".")
+    target: Any = cfg
+    owner: type = Config
+    for part in parts[:-1]:
+        if not hasattr(target, part) or not dataclasses.is_dataclass(getattr(target, part)):
+            raise ConfigError(f"unknown configuration section {part!r} in {dotted!r}")
+        target = getattr(target, part)
+        owner = type(target)
+    leaf = parts[-1]
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    if leaf not in fields or dataclasses.is_dataclass(getattr(target, leaf)):
+        raise ConfigError(f"unknown configuration key {dotted!r}")
+    f = fields[leaf]
+    setattr(target, leaf, _coerce(dotted, value, _resolved_type(owner, f), f))
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    for key, value in overrides.items():
+        set_value(cfg, key, value)
+    return cfg
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def parse_assignments(items: list[str] | None) -> dict[str, str]:
+    """Parse ``["a.b=1", "c=x"]`` command-line assignments."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"expected section.field=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def load_config(
+    yaml_path: str | Path | None = None,
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Defaults <- preset <- YAML file <- explicit overrides.
+
+    The YAML file may be nested (``rgb: {iterations: 10}``), flat (``rgb.iterations: 10``) or a
+    ROS 2 params file (``<node>: {ros__parameters: {...}}``).
+    """
+    cfg = Config()
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        apply_overrides(cfg, PRESETS[preset])
+    if yaml_path:
+        with open(yaml_path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{yaml_path}: expected a mapping at the top level")
+        # ROS 2 params file: take the first node's ros__parameters.
+        for value in data.values():
+            if isinstance(value, Mapping) and "ros__parameters" in value:
+                data = value["ros__parameters"]
+                break
+        apply_overrides(cfg, _flatten(data))
+    if overrides:
+        apply_overrides(cfg, overrides)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Nested plain-data view (JSON/YAML serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def to_flat_dict(cfg: Config) -> dict[str, Any]:
+    return {name: value for name, _, value, _ in iter_fields(cfg)}
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """Inverse of :func:`to_dict` (unknown keys are an error)."""
+    return apply_overrides(Config(), _flatten(data))
+
+
+def digest(cfg_part: Any) -> str:
+    """Stable hash of a config (section), used to invalidate caches."""
+    import hashlib
+
+    data = dataclasses.asdict(cfg_part) if dataclasses.is_dataclass(cfg_part) else cfg_part
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def field_help(dotted: str) -> str:
+    for name, f, _, _ in iter_fields():
+        if name == dotted:
+            return str(f.metadata.get("help", ""))
+    raise ConfigError(f"unknown configuration key {dotted!r}")
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "PRESETS",
+    "CaptureConfig",
+    "Config",
+    "ConfigError",
+    "FieldConfig",
+    "NodeConfig",
+    "PriorsConfig",
+    "QueryConfig",
+    "RgbConfig",
+    "apply_overrides",
+    "digest",
+    "field_help",
+    "from_dict",
+    "iter_fields",
+    "load_config",
+    "parse_assignments",
+    "set_value",
+    "to_dict",
+    "to_flat_dict",
+]

@@ -1,0 +1,96 @@
+"""Progress reporting: a bar for people, JSON lines for the ROS node.
+
+With ``CCL_LGS_PROGRESS=json`` every update is one JSON line on stdout:
+``{"progress": 1, "stage": ..., "step": ..., "total": ..., "eta_s": ..., "message": ...}``.
+The node's trainer supervisor parses these lines (``parse_progress_line``) into action feedback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from tqdm import tqdm
+
+ENV_VAR = "CCL_LGS_PROGRESS"
+
+
+def json_mode() -> bool:
+    return os.environ.get(ENV_VAR, "").lower() == "json"
+
+
+class Progress:
+    """Progress of one stage. Use as a context manager; call :meth:`update`."""
+
+    def __init__(self, stage: str, total: int, *, unit: str = "it", min_interval: float = 0.5,
+                 disable: bool = False) -> None:
+        self.stage = stage
+        self.total = max(int(total), 0)
+        self.step = 0
+        self._start = time.monotonic()
+        self._last_emit = 0.0
+        self._min_interval = min_interval
+        self._json = json_mode()
+        self._bar = None
+        if not self._json and not disable:
+            self._bar = tqdm(total=self.total, desc=stage, unit=unit, leave=False,
+                             disable=not sys.stderr.isatty() and os.environ.get("CCL_LGS_BAR") != "1")
+
+    def __enter__(self) -> "Progress":
+        self._emit("start", force=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.step <= 0 or self.total <= 0:
+            return None
+        elapsed = time.monotonic() - self._start
+        return elapsed / self.step * (self.total - self.step)
+
+    def update(self, n: int = 1, message: str = "", **postfix: Any) -> None:
+        self.step = min(self.step + n, self.total) if self.total else self.step + n
+        if self._bar is not None:
+            self._bar.update(n)
+            if postfix:
+                self._bar.set_postfix(postfix, refresh=False)
+        self._emit(message, postfix=postfix)
+
+    def _emit(self, message: str, force: bool = False, postfix: dict | None = None) -> None:
+        if not self._json:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_emit < self._min_interval and self.step < self.total:
+            return
+        self._last_emit = now
+        record = {"progress": 1, "stage": self.stage, "step": self.step, "total": self.total,
+                  "eta_s": None if self.eta_s is None else round(self.eta_s, 1), "message": message}
+        if postfix:
+            record["metrics"] = {k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in postfix.items()}
+        sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        self._emit("done", force=True)
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def parse_progress_line(line: str) -> dict[str, Any] | None:
+    """Parse one line of a trainer's stdout; ``None`` if it is not a progress record."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or record.get("progress") != 1:
+        return None
+    return record
