@@ -1,1 +1,10 @@
-"""priors."""
+"""2D semantic priors: two-level masks, mask features, cross-view association, and their cache.
+
+Backends: the real foundation models (:mod:`.models`: SAM, SAM 2, OpenCLIP) and the simulator
+(:mod:`.simulator`), the documented stand-in used by tests and the demo. The stage entry point
+is :func:`.stage.compute_priors`; nothing here imports torch or the model packages eagerly.
+"""
+
+from .types import CCL_LEVELS, GAGS_LEVELS, FramePriors, LevelPriors, PriorsBackend, TextEncoder
+
+__all__ = ["CCL_LEVELS", "GAGS_LEVELS", "FramePriors", "LevelPriors", "PriorsBackend", "TextEncoder"]

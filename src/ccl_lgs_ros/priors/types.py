@@ -9,10 +9,14 @@ and the demo. Nothing silently falls back from one to the other.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ..capture.format import Capture
 
 #: Levels produced for each method: CCL-LGS merges SAM's three outputs into two sets.
 CCL_LEVELS = ("sp", "wp")
@@ -40,6 +44,8 @@ class LevelPriors:
 
 @dataclass
 class FramePriors:
+    """All levels of one frame (keys from :data:`CCL_LEVELS` / :data:`GAGS_LEVELS`)."""
+
     levels: dict[str, LevelPriors] = field(default_factory=dict)
 
 
@@ -55,4 +61,39 @@ class TextEncoder(Protocol):
 
     def spec(self) -> dict:
         """JSON-serialisable description from which :func:`priors.build_text_encoder` rebuilds it."""
+        ...
+
+
+@runtime_checkable
+class PriorsBackend(Protocol):
+    """What the priors stage (:func:`priors.stage.compute_priors`) needs from a backend.
+
+    Implementations: the real models (``priors.models.build_real_backend(cfg, device)``) and the
+    simulator (``priors.simulator.SimulatorBackend``). The stage calls :meth:`frame_priors` once
+    per frame (results are cached per frame, so a backend must not rely on being called for
+    every frame in one process), then :meth:`associate` once over all frames in capture order.
+    """
+
+    #: Short name recorded in the cache metadata and the trained scene ("real", "simulator").
+    name: str
+
+    def frame_priors(self, capture: Capture, index: int, levels: Sequence[str]) -> FramePriors:
+        """Masks and mask features of frame ``index`` for each of ``levels``.
+
+        Returns one :class:`LevelPriors` per requested level with a non-overlapping mask map at the
+        capture's image resolution, unit features in the text encoder's space, and all labels -1
+        (association fills them).
+        """
+        ...
+
+    def associate(self, capture: Capture, priors: Sequence[FramePriors], levels: Sequence[str]) -> None:
+        """Cross-view association: fill ``priors[i].levels[level].labels`` in place.
+
+        ``priors[i]`` belongs to ``capture.frames[i]``. Labels are consistent object ids across
+        frames (>= 0) or -1 for unlabelled masks; only ``labels`` may be modified.
+        """
+        ...
+
+    def text_encoder(self) -> TextEncoder:
+        """The text encoder whose space the mask features live in."""
         ...
