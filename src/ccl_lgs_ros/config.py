@@ -161,6 +161,32 @@ class QueryConfig:
     point_spacing: float = _f(0.01, "Spacing of the sampled surface point cloud (m).", min=0.0)
     max_instances: int = _f(0, "Maximum instances returned per query (0 = all).", min=0)
     max_query_chars: int = _f(256, "Longer queries are refused.", min=1)
+    temperature: float = _f(10.0, "Softmax temperature of the relevance (LERF uses 10).", min=0.0)
+    level_mode: str = _f(
+        "best",
+        "How levels combine: 'best' takes the level whose highest relevance is largest (LERF "
+        "protocol), 'max' takes each Gaussian's maximum over the levels.",
+        choices=["best", "max"],
+    )
+    min_confidence: float = _f(
+        0.0, "Gaussians whose top codebook probability is below this are ignored.", min=0.0, max=1.0
+    )
+    max_scale_fraction: float = _f(
+        0.05,
+        "Gaussians whose largest axis exceeds this fraction of the scene's bounding-box diagonal "
+        "are ignored (huge background splats).",
+        min=0.0,
+    )
+    cluster_method: str = _f(
+        "voxel",
+        "Instance splitting: 'voxel' (DBSCAN-like connected components on a voxel grid of side "
+        "cluster_eps, fast) or 'dbscan' (open3d DBSCAN on the selected Gaussians, slow).",
+        choices=["voxel", "dbscan"],
+    )
+    max_points_per_gaussian: int = _f(
+        64, "Cap on surface points sampled from one Gaussian before voxel downsampling.", min=1
+    )
+    embedding_cache_size: int = _f(512, "Text embeddings kept in the LRU cache.", min=0)
 
 
 @dataclass
