@@ -68,10 +68,16 @@ class TextEncoder(Protocol):
 class PriorsBackend(Protocol):
     """What the priors stage (:func:`priors.stage.compute_priors`) needs from a backend.
 
-    Implementations: the real models (``priors.models.build_real_backend(cfg, device)``) and the
-    simulator (``priors.simulator.SimulatorBackend``). The stage calls :meth:`frame_priors` once
-    per frame (results are cached per frame, so a backend must not rely on being called for
-    every frame in one process), then :meth:`associate` once over all frames in capture order.
+    Implementations: the real models and the simulator (``priors.simulator.SimulatorBackend``).
+    The stage calls :meth:`frame_priors` once per frame (results are cached per frame, so a
+    backend must not rely on being called for every frame in one process, nor keep state between
+    frames), then :meth:`associate` once over all frames in capture order.
+
+    Entry points the stage imports lazily from ``priors.models`` for the real backend:
+
+    - ``build_real_backend(cfg: Config, device: str) -> PriorsBackend``
+    - ``text_encoder_from_spec(spec: dict, device: str) -> TextEncoder`` for any ``spec`` whose
+      ``"kind"`` is not ``"simulator"`` (``TextEncoder.spec()`` of the real encoder).
     """
 
     #: Short name recorded in the cache metadata and the trained scene ("real", "simulator").
@@ -80,9 +86,10 @@ class PriorsBackend(Protocol):
     def frame_priors(self, capture: Capture, index: int, levels: Sequence[str]) -> FramePriors:
         """Masks and mask features of frame ``index`` for each of ``levels``.
 
-        Returns one :class:`LevelPriors` per requested level with a non-overlapping mask map at the
-        capture's image resolution, unit features in the text encoder's space, and all labels -1
-        (association fills them).
+        Returns one :class:`LevelPriors` per requested level with a non-overlapping mask map,
+        unit features in the text encoder's space, and all labels -1 (association fills them).
+        The mask map has the capture's image size, or a smaller one of the same aspect ratio when
+        ``cfg.priors.image_size`` limits it; consumers resize it with nearest-neighbour sampling.
         """
         ...
 
