@@ -249,24 +249,40 @@ class Capture:
         return data
 
     def save(self) -> None:
-        """Replace ``transforms.json`` atomically (write images before calling this)."""
+        """Replace ``transforms.json`` atomically (write images before calling this).
+
+        Raises:
+            CaptureError: a pose is not finite (JSON would hold ``NaN``, which other readers
+                reject); the file on disk is left untouched.
+        """
+        for i, f in enumerate(self.frames):
+            if not np.isfinite(np.asarray(f.c2w, dtype=np.float64)).all():
+                raise CaptureError(f"frame {i} ({f.file_path}): pose is not finite; not saving")
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.root / TRANSFORMS, self.to_json())
 
 
-def write_image(path: str | Path, rgb: np.ndarray, jpeg_quality: int = 95) -> None:
-    """Write an RGB(A) uint8 image atomically; the format follows the suffix."""
-    path = Path(path)
+def encode_image(suffix: str, rgb: np.ndarray, jpeg_quality: int = 95) -> bytes:
+    """Encode an RGB(A) or grey uint8 image to the file format named by ``suffix``."""
     img = np.asarray(rgb)
     if img.ndim == 3 and img.shape[2] == 3:
         img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
     elif img.ndim == 3 and img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA)
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if path.suffix.lower() in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(path.suffix, img, params)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if suffix.lower() in (".jpg", ".jpeg") else []
+    try:
+        ok, buf = cv2.imencode(suffix, img, params)
+    except cv2.error as exc:
+        raise CaptureError(f"cannot encode a {img.dtype} {img.shape} image as {suffix}: {exc}") from None
     if not ok:
-        raise CaptureError(f"cannot encode image {path}")
-    atomic_write_bytes(path, buf.tobytes())
+        raise CaptureError(f"cannot encode image as {suffix}")
+    return buf.tobytes()
+
+
+def write_image(path: str | Path, rgb: np.ndarray, jpeg_quality: int = 95) -> None:
+    """Write an RGB(A) uint8 image atomically; the format follows the suffix."""
+    path = Path(path)
+    atomic_write_bytes(path, encode_image(path.suffix, rgb, jpeg_quality))
 
 
 def write_uint16_png(path: str | Path, data: np.ndarray) -> None:
