@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# One-command setup on a fresh Debian/Ubuntu machine (Python >= 3.10, no ROS, no GPU needed).
+#
+#   bash scripts/setup.sh          (what `make demo` / `make test` run first)
+#
+# Creates .venv with the standard PyTorch build, gsplat, segment-anything, sam2 (without its
+# CUDA extension unless CCL_LGS_SAM2_CUDA=1), open_clip_torch, open3d (+ the libusb it needs),
+# opencv, plyfile, pycolmap, rosbags, and ROS 2 Jazzy from the package index's wheels (rclpy +
+# FastDDS, message packages, rosidl/ament tooling, colcon); builds ccl_lgs_interfaces with
+# colcon and installs ccl_lgs, so `import ccl_lgs_ros, ccl_lgs_interfaces` work in .venv.
+#
+# With a system ROS 2 (Humble, Jazzy, Kilted) sourced (ROS_DISTRO set and rclpy importable),
+# the venv sees the system packages (--system-site-packages), no ROS wheels are installed and
+# the interfaces are built against the system ROS into build/ros/install.
+#
+# Idempotent: a second run with nothing changed only checks a stamp and imports (< 15 s).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+VENV=${CCL_LGS_VENV:-$ROOT/.venv}
+PYTHON=${PYTHON:-python3}
+STAMP="$VENV/.ccl_lgs_setup"
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ -n "${ROS_DISTRO:-}" ] && "$PYTHON" -c 'import rclpy' >/dev/null 2>&1; then
+  MODE="system-$ROS_DISTRO"
+else
+  MODE=wheels
+fi
+
+inputs_hash() {
+  {
+    echo "$MODE"
+    cat scripts/setup.sh scripts/constraints.txt scripts/requirements.txt scripts/requirements-ros.txt \
+        setup.py setup.cfg package.xml
+    find ccl_lgs_interfaces -type f | LC_ALL=C sort | xargs cat
+  } | sha256sum | cut -d' ' -f1
+}
+HASH=$(inputs_hash)
+
+check_imports() {
+  "$VENV/bin/python" - <<'PY' >/dev/null 2>&1
+import ccl_lgs_ros, ccl_lgs_ros.config, rclpy, torch, gsplat, open_clip, segment_anything, sam2
+from ccl_lgs_interfaces.srv import SemanticQuery
+from ccl_lgs_interfaces.action import TrainScene
+PY
+}
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && check_imports; then
+  log "up to date ($MODE, $VENV)"
+  exit 0
+fi
+
+log "mode: $MODE"
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV"
+  if [ "$MODE" = wheels ]; then
+    "$PYTHON" -m venv "$VENV"
+  else
+    "$PYTHON" -m venv --system-site-packages "$VENV"
+  fi
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+export PIP_CONSTRAINT="$ROOT/scripts/constraints.txt"
+
+"${PIP[@]}" install -q --upgrade pip 'setuptools<80' wheel
+log "installing torch + torchvision (standard build from the package index)"
+"${PIP[@]}" install -q torch torchvision
+log "installing the ML and IO stack"
+"${PIP[@]}" install -q -r scripts/requirements.txt
+if ! "$VENV/bin/python" -c 'import sam2' >/dev/null 2>&1; then
+  log "installing sam2 (CUDA extension: ${CCL_LGS_SAM2_CUDA:-0})"
+  SAM2_BUILD_CUDA=${CCL_LGS_SAM2_CUDA:-0} "${PIP[@]}" install -q --no-build-isolation sam2
+fi
+
+if [ "$MODE" = wheels ]; then
+  log "installing ROS 2 Jazzy wheels"
+  "${PIP[@]}" install -q -r scripts/requirements-ros.txt
+  # The message wheels' exported CMake files hard-code the wheel build machine's include dirs.
+  "$VENV/bin/python" scripts/patch_ros_cmake.py "$VENV"
+  PREFIX="$VENV"
+  export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
+else
+  PREFIX="$ROOT/build/ros/install"
+fi
+
+log "building ccl_lgs_interfaces with colcon"
+BUILD_DIR="$ROOT/build/ros"
+mkdir -p "$BUILD_DIR"
+COLCON=("$VENV/bin/colcon")
+[ -x "${COLCON[0]}" ] || COLCON=(colcon)
+if [ "$MODE" = wheels ]; then
+  # Installed into the venv prefix itself, like the ROS wheels, so that the wheels' start-up
+  # hook (library path) and AMENT_PREFIX_PATH=$VENV cover it without sourcing anything.
+  (cd "$BUILD_DIR" && PATH="$VENV/bin:$PATH" "${COLCON[@]}" --log-base "$BUILD_DIR/log" build \
+      --base-paths "$ROOT/ccl_lgs_interfaces" --build-base "$BUILD_DIR/build" \
+      --install-base "$VENV" --merge-install \
+      --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF >"$BUILD_DIR/colcon.log" 2>&1) \
+    || { tail -n 60 "$BUILD_DIR/colcon.log" >&2; log "colcon build failed (full log: $BUILD_DIR/colcon.log)"; exit 1; }
+else
+  (cd "$BUILD_DIR" && "${COLCON[@]}" --log-base "$BUILD_DIR/log" build \
+      --base-paths "$ROOT/ccl_lgs_interfaces" --build-base "$BUILD_DIR/build" \
+      --install-base "$PREFIX" --merge-install \
+      --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF >"$BUILD_DIR/colcon.log" 2>&1) \
+    || { tail -n 60 "$BUILD_DIR/colcon.log" >&2; log "colcon build failed (full log: $BUILD_DIR/colcon.log)"; exit 1; }
+  log "system ROS: source $PREFIX/setup.bash before using ccl_lgs"
+fi
+
+log "installing ccl_lgs (editable)"
+"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+
+if [ "$MODE" != wheels ]; then
+  # shellcheck disable=SC1091
+  . "$PREFIX/setup.sh"
+fi
+if ! check_imports; then
+  "$VENV/bin/python" -c 'import ccl_lgs_ros, rclpy; from ccl_lgs_interfaces.srv import SemanticQuery' || true
+  log "setup finished but the imports above fail"
+  exit 1
+fi
+echo "$HASH" >"$STAMP"
+log "done ($MODE): $VENV"
