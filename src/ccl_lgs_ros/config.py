@@ -109,6 +109,25 @@ class PriorsConfig:
     reseed: bool = _f(True, "Re-seed the tracker with unlabelled masks of later frames.")
     granularity_aware: bool = _f(False, "GAGS granularity-aware prompting (needs depth).")
     image_size: int = _f(0, "Longest image side fed to the priors (0 = capture resolution).", min=0)
+    points_per_batch: int = _f(64, "SAM point prompts decoded together (memory vs speed).", min=1)
+    box_nms_thresh: float = _f(
+        0.7, "Box IoU above which a SAM mask is a duplicate of a better one.", min=0.0, max=1.0
+    )
+    clip_batch_size: int = _f(64, "Mask crops encoded together by the CLIP image encoder.", min=1)
+    precision: str = _f(
+        "auto",
+        "Model precision: 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'.",
+        choices=["auto", "fp32", "bf16"],
+    )
+    allow_download: bool = _f(
+        False,
+        "When clip_checkpoint is empty, let OpenCLIP fetch clip_pretrained by name (needs a "
+        "network connection); otherwise a missing checkpoint is an error.",
+    )
+    association_max_objects: int = _f(
+        64, "Objects the SAM 2 tracker follows in one pass (memory bound; more seeds = more passes).", min=1
+    )
+    gags_patches: int = _f(8, "GAGS prompting: patches per image side.", min=1)
     sim_corruption: float = _f(
         0.3,
         "Simulator only: strength 0..1 of view-dependent mask corruption (splits, merges, "
@@ -119,6 +138,9 @@ class PriorsConfig:
     sim_feature_noise: float = _f(0.15, "Simulator only: per-view noise of mask features.", min=0.0)
     sim_dim: int = _f(512, "Simulator only: dimension of the simulated CLIP space.", min=8)
     sim_seed: int = _f(0, "Simulator only: random seed.")
+    sim_background: bool = _f(
+        True, "Simulator only: pixels without a ground-truth instance get one background mask (like SAM's floor/wall masks)."
+    )
 
 
 @dataclass
@@ -226,15 +248,18 @@ class NodeConfig:
 
 @dataclass
 class Config:
-    """Root of the configuration tree."""
+    """Root of the configuration tree.
+
+    (Section fields use ``dataclasses.field`` explicitly: the ``field`` section name shadows it.)
+    """
 
     device: str = _f("cpu", "Torch device of the pipeline ('cpu', 'cuda', 'cuda:0').")
-    capture: CaptureConfig = field(default_factory=CaptureConfig)
-    rgb: RgbConfig = field(default_factory=RgbConfig)
-    priors: PriorsConfig = field(default_factory=PriorsConfig)
-    field: FieldConfig = field(default_factory=FieldConfig)
-    query: QueryConfig = field(default_factory=QueryConfig)
-    node: NodeConfig = field(default_factory=NodeConfig)
+    capture: CaptureConfig = dataclasses.field(default_factory=CaptureConfig)
+    rgb: RgbConfig = dataclasses.field(default_factory=RgbConfig)
+    priors: PriorsConfig = dataclasses.field(default_factory=PriorsConfig)
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
+    query: QueryConfig = dataclasses.field(default_factory=QueryConfig)
+    node: NodeConfig = dataclasses.field(default_factory=NodeConfig)
 
 
 #: Named presets: overrides applied on top of the defaults (then YAML, then explicit overrides).
