@@ -31,7 +31,7 @@ import numpy as np
 from ..config import QueryConfig
 from .cluster import VoxelGrid, dbscan_open3d
 from .index import LevelCodes, SemanticIndex
-from .shapes import Box, pca_box, sample_surface
+from .shapes import Box, sample_surface, segment_pca_boxes
 
 __all__ = [
     "Instance",
@@ -82,8 +82,8 @@ class Instance:
     level: str
     num_gaussians: int
     centroid: np.ndarray  # [3], opacity-weighted mean of the Gaussian centres
-    box: Box  # oriented box (principal axes) of the surface points (centres when none)
-    aabb_min: np.ndarray  # [3]
+    box: Box  # oriented box along the principal axes of the Gaussian centres
+    aabb_min: np.ndarray  # [3], of the Gaussian centres
     aabb_max: np.ndarray  # [3]
     gaussian_ids: np.ndarray  # int64 [M], rows of the index
     points: np.ndarray  # float32 [P, 3], sampled surface cloud (empty when spacing is 0)
@@ -155,6 +155,20 @@ class _LevelLookup:
     present: np.ndarray  # bool [Nc], code owned by at least one eligible Gaussian
 
 
+#: Gaussians per instance used to fit the oriented box.
+STATS_POINTS = 8192
+
+
+def _strided_rows(starts: np.ndarray, counts: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of at most ``cap`` evenly spaced members of each segment, and the new segment starts."""
+    take = np.minimum(counts, cap)
+    new_starts = np.concatenate([[0], np.cumsum(take)[:-1]])
+    seg = np.repeat(np.arange(counts.shape[0]), take)
+    k = np.arange(int(take.sum())) - new_starts[seg]
+    rows = starts[seg] + (k * counts[seg]) // take[seg]
+    return rows, new_starts
+
+
 def _normalise_phrase(text: str) -> str:
     return " ".join(text.split()).casefold()
 
@@ -190,6 +204,7 @@ class QueryEngine:
             raise ValueError(f"text encoder dimension {enc_dim} != codebook dimension {index.dim}")
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.eligible = self._static_filter()
+        self._any_eligible = bool(self.eligible.any())
         self._levels = {name: self._build_lookup(lv) for name, lv in index.levels.items()}
 
     # ---- per-scene preparation -------------------------------------------------------------
@@ -328,7 +343,7 @@ class QueryEngine:
             )
         tables = self.relevance_tables(text, negatives)
         timings["relevance"] = (time.perf_counter() - t0) * 1e3
-        if self.index.num_gaussians == 0 or self.eligible.sum() == 0:
+        if not self._any_eligible:
             return result(False, 0.0, "", [], 0, "the scene has no selectable Gaussians")
 
         ids, rel, level, best = self._select(tables, thr)
@@ -401,40 +416,64 @@ class QueryEngine:
     ) -> list[Instance]:
         idx, cfg = self.index, self.cfg
         keep = labels >= 0
-        ids, rel, labels = ids[keep], rel[keep], labels[keep]
-        order = np.argsort(labels, kind="stable")
-        ids, rel, labels = ids[order], rel[order], labels[order]
-        starts = np.flatnonzero(np.diff(labels, prepend=-1))
-        ends = np.append(starts[1:], labels.shape[0])
-        rng = np.random.default_rng(0)  # deterministic clouds for a given scene and query
-        out: list[Instance] = []
-        for s, e in zip(starts, ends):
-            if e - s < cfg.min_instance_gaussians:
-                continue  # too small: a floater or a fragment
-            g = ids[s:e].astype(np.int64)
-            r = rel[s:e]
-            op = idx.opacities[g]
-            means = idx.means[g]
-            w = op / max(float(op.sum()), 1e-12)
-            centroid = (means.astype(np.float64) * w[:, None]).sum(axis=0)
-            points, pcols = sample_surface(
-                means, idx.quats[g], idx.scales[g], idx.colors[g], spacing, cfg.max_points_per_gaussian, rng
+        sizes = np.bincount(labels[keep]) if keep.any() else np.zeros(0, np.int64)
+        big = sizes >= cfg.min_instance_gaussians  # smaller groups: floaters or fragments
+        keep &= np.append(big, False)[labels]
+        if not keep.any():
+            return []
+        remap = np.cumsum(big) - 1
+        labels = remap[labels[keep]]
+        ids, rel = ids[keep], rel[keep]
+        # Small non-negative ints: numpy's stable sort is then a linear-time radix sort.
+        order = np.argsort(labels.astype(np.int16 if big.sum() < 2**15 else np.int64), kind="stable")
+        ids, rel, labels = ids[order].astype(np.int64), rel[order], labels[order]
+        counts = np.bincount(labels)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        op = idx.opacities[ids]
+        means = idx.means[ids]
+        w_sum = np.maximum(np.add.reduceat(op, starts, dtype=np.float64), 1e-12)
+        centroids = np.add.reduceat(means * op[:, None], starts, axis=0, dtype=np.float64) / w_sum[:, None]
+        scores = np.add.reduceat(rel * op, starts, dtype=np.float64) / w_sum
+        lo = np.minimum.reduceat(means, starts, axis=0).astype(np.float64)
+        hi = np.maximum.reduceat(means, starts, axis=0).astype(np.float64)
+        # Oriented boxes from (at most STATS_POINTS evenly strided) Gaussian centres per instance:
+        # the extreme centres a subsample misses lie within about one Gaussian spacing of it.
+        sub_rows, sub_starts = _strided_rows(starts, counts, STATS_POINTS)
+        boxes = segment_pca_boxes(means[sub_rows], sub_starts)
+        if spacing > 0:
+            rng = np.random.default_rng(0)  # deterministic clouds for a given scene and query
+            pts, pcols, pgrp = sample_surface(
+                means,
+                idx.quats[ids],
+                idx.scales[ids],
+                idx.colors[ids],
+                spacing,
+                cfg.max_points_per_gaussian,
+                rng,
+                groups=labels,
             )
-            support = points if points.shape[0] >= 3 else means
+            psplit = np.searchsorted(pgrp, np.arange(1, counts.shape[0]))
+            clouds = list(zip(np.split(pts, psplit), np.split(pcols, psplit)))
+        else:
+            empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32))
+            clouds = [empty] * counts.shape[0]
+        out: list[Instance] = []
+        for i, (s, n) in enumerate(zip(starts, counts)):
             inst = Instance(
-                score=float((r * w).sum()),
+                score=float(scores[i]),
                 level=level,
-                num_gaussians=int(g.shape[0]),
-                centroid=centroid,
-                box=pca_box(support),
-                aabb_min=support.min(axis=0).astype(np.float64),
-                aabb_max=support.max(axis=0).astype(np.float64),
-                gaussian_ids=g,
-                points=points,
-                point_colors=pcols if pcols is not None else np.zeros((0, 3), np.float32),
+                num_gaussians=int(n),
+                centroid=centroids[i],
+                box=boxes[i],
+                aabb_min=lo[i],
+                aabb_max=hi[i],
+                gaussian_ids=ids[s : s + n],
+                points=clouds[i][0],
+                point_colors=clouds[i][1],
             )
             if include_gaussians:
-                inst.means, inst.quats, inst.scales = means, idx.quats[g], idx.scales[g]
-                inst.opacities, inst.colors, inst.relevance = op, idx.colors[g], r
+                g = inst.gaussian_ids
+                inst.means, inst.quats, inst.scales = means[s : s + n], idx.quats[g], idx.scales[g]
+                inst.opacities, inst.colors, inst.relevance = op[s : s + n], idx.colors[g], rel[s : s + n]
             out.append(inst)
         return out

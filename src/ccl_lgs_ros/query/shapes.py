@@ -16,12 +16,24 @@ def voxel_downsample(
     points: np.ndarray,  # [P, 3]
     spacing: float,
     colors: np.ndarray | None = None,  # [P, 3]
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Average the points (and colours) falling into each cube of side ``spacing``."""
-    if points.shape[0] == 0 or spacing <= 0:
-        return points.astype(np.float32), None if colors is None else colors.astype(np.float32)
-    cells = np.floor(points / spacing).astype(np.int64)
-    _, inverse, counts = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
+    groups: np.ndarray | None = None,  # int [P], points of different groups never merge
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Average the points (and colours) falling into each cube of side ``spacing``.
+
+    Returns:
+        ``(points float32 [K, 3], colors float32 [K, 3] or None, groups int64 [K])``, sorted by
+        group.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    grp = np.zeros(pts.shape[0], np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    if pts.shape[0] == 0 or spacing <= 0:
+        return pts.astype(np.float32), None if colors is None else colors.astype(np.float32), grp
+    cells = np.floor(pts / spacing).astype(np.int64)
+    cells -= cells.min(axis=0)
+    dims = cells.max(axis=0) + 1
+    # One int64 key per (group, cell): a 1-D unique is far faster than unique(axis=0).
+    key = ((grp * dims[0] + cells[:, 0]) * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]
+    ukey, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
     k = counts.shape[0]
 
@@ -31,7 +43,8 @@ def voxel_downsample(
             out[:, c] = np.bincount(inverse, weights=values[:, c], minlength=k)
         return (out / counts[:, None]).astype(np.float32)
 
-    return mean(points), None if colors is None else mean(colors)
+    out_groups = ukey // (dims[0] * dims[1] * dims[2])
+    return mean(pts), None if colors is None else mean(np.asarray(colors, np.float64)), out_groups
 
 
 def sample_surface(
@@ -42,28 +55,36 @@ def sample_surface(
     spacing: float,
     max_per_gaussian: int,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
+    groups: np.ndarray | None = None,  # int [M], instance of each Gaussian
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points sampled inside each Gaussian's ellipsoid, voxel-downsampled to ``spacing``.
 
     Each Gaussian gets about one sample per ``spacing**2`` of its ``2 sigma`` footprint (trained
     Gaussians are flat discs on the surface, so the two largest axes set the area), at least one
     (its centre) and at most ``max_per_gaussian``. Samples are truncated-normal in the Gaussian's
-    own frame. Returns ``(points float32 [P, 3], colors float32 [P, 3])``.
+    own frame. Returns ``(points float32 [P, 3], colors float32 [P, 3], groups int64 [P])``,
+    sorted by group.
     """
     m = means.shape[0]
+    grp = np.zeros(m, np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
     if m == 0 or spacing <= 0:
-        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32), np.zeros(0, np.int64)
     s_sorted = np.sort(np.abs(scales.astype(np.float64)), axis=1)
     area = np.pi * (SAMPLE_SIGMAS * s_sorted[:, 2]) * (SAMPLE_SIGMAS * s_sorted[:, 1])
-    per = np.clip(np.ceil(area / spacing**2), 1, max_per_gaussian).astype(np.int64)
-    owner = np.repeat(np.arange(m), per)
-    z = np.clip(rng.standard_normal((owner.shape[0], 3)), -SAMPLE_SIGMAS, SAMPLE_SIGMAS)
-    first = np.concatenate([[0], np.cumsum(per)[:-1]])
-    z[first] = 0.0  # every Gaussian contributes its centre
-    rot = quats_to_rotmats(quats)  # [M, 3, 3]
-    local = z * scales[owner].astype(np.float64)
-    pts = means[owner].astype(np.float64) + np.einsum("nij,nj->ni", rot[owner], local)
-    return voxel_downsample(pts, spacing, colors[owner].astype(np.float64))  # type: ignore[return-value]
+    extra = np.clip(np.ceil(area / spacing**2), 1, max_per_gaussian).astype(np.int64) - 1
+    # Every Gaussian contributes its centre; only those larger than the spacing get more.
+    pts, cols, pgrp = [means.astype(np.float64)], [colors.astype(np.float64)], [grp]
+    big = np.flatnonzero(extra)
+    if big.size:
+        owner = np.repeat(big, extra[big])
+        z = np.clip(rng.standard_normal((owner.shape[0], 3)), -SAMPLE_SIGMAS, SAMPLE_SIGMAS)
+        rot = quats_to_rotmats(quats[big])[np.repeat(np.arange(big.size), extra[big])]
+        local = z * scales[owner].astype(np.float64)
+        pts.append(means[owner].astype(np.float64) + np.einsum("nij,nj->ni", rot, local))
+        cols.append(colors[owner].astype(np.float64))
+        pgrp.append(grp[owner])
+    p, c, g = voxel_downsample(np.concatenate(pts), spacing, np.concatenate(cols), np.concatenate(pgrp))
+    return p, c, g  # type: ignore[return-value]
 
 
 @dataclass
@@ -104,3 +125,34 @@ def pca_box(points: np.ndarray) -> Box:
     proj = centred @ axes
     lo, hi = proj.min(axis=0), proj.max(axis=0)
     return Box(center=mean + axes @ ((lo + hi) / 2.0), rotation=axes, extent=hi - lo, axis_variances=evals)
+
+
+def segment_pca_boxes(points: np.ndarray, starts: np.ndarray) -> list[Box]:
+    """:func:`pca_box` of each contiguous segment ``points[starts[i]:starts[i+1]]``, vectorised.
+
+    Args:
+        points: ``[M, 3]`` grouped so each segment is contiguous.
+        starts: int ``[C]`` first row of each (non-empty) segment, ascending, ``starts[0] == 0``.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    m, c = pts.shape[0], starts.shape[0]
+    if c == 0:
+        return []
+    counts = np.diff(np.append(starts, m))
+    seg = np.repeat(np.arange(c), counts)
+    mean = np.add.reduceat(pts, starts, axis=0) / counts[:, None]
+    centred = pts - mean[seg]
+    outer = (centred[:, :, None] * centred[:, None, :]).reshape(m, 9)
+    cov = (np.add.reduceat(outer, starts, axis=0) / counts[:, None]).reshape(c, 3, 3)
+    evals, evecs = np.linalg.eigh(cov)
+    evals, axes = evals[:, ::-1].clip(min=0.0), evecs[:, :, ::-1].copy()
+    flip = np.linalg.det(axes) < 0
+    axes[flip, :, 2] *= -1.0
+    few = counts < 3
+    axes[few] = np.eye(3)
+    evals[few] = 0.0
+    proj = np.einsum("ni,nij->nj", centred, axes[seg])
+    lo = np.minimum.reduceat(proj, starts, axis=0)
+    hi = np.maximum.reduceat(proj, starts, axis=0)
+    centers = mean + np.einsum("cij,cj->ci", axes, (lo + hi) / 2.0)
+    return [Box(center=centers[i], rotation=axes[i], extent=hi[i] - lo[i], axis_variances=evals[i]) for i in range(c)]

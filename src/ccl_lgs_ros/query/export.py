@@ -1,0 +1,185 @@
+"""Files for a query result: point clouds, a 3DGS ``.ply`` of the selection, a preview PNG.
+
+All writes are atomic (``ccl_lgs_ros.io``). The 3DGS file uses the layout the reference
+implementation and common viewers read: ``x y z nx ny nz f_dc_0..2 opacity scale_0..2 rot_0..3``
+with opacity as a logit, scales as logarithms and colours as zeroth-order SH coefficients.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from plyfile import PlyData, PlyElement
+
+from ..io import atomic_write_bytes, atomic_write_json
+from .engine import QueryResult
+from .index import SH_C0, SemanticIndex
+
+
+def _ply_bytes(vertex: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    PlyData([PlyElement.describe(vertex, "vertex")], text=False).write(buf)
+    return buf.getvalue()
+
+
+def write_points_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = None) -> None:
+    """Binary ``.ply`` point cloud: ``points [P, 3]``, optional ``colors [P, 3]`` in 0..1."""
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    fields = [("x", "f4"), ("y", "f4"), ("z", "f4")]
+    if colors is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    vertex = np.empty(pts.shape[0], dtype=fields)
+    vertex["x"], vertex["y"], vertex["z"] = pts.T
+    if colors is not None:
+        rgb = np.clip(np.rint(np.asarray(colors, dtype=np.float64).reshape(-1, 3) * 255), 0, 255).astype(np.uint8)
+        vertex["red"], vertex["green"], vertex["blue"] = rgb.T
+    atomic_write_bytes(path, _ply_bytes(vertex))
+
+
+def write_gaussians_ply(
+    path: str | Path,
+    means: np.ndarray,  # [M, 3]
+    quats: np.ndarray,  # [M, 4] wxyz
+    scales: np.ndarray,  # [M, 3] activated
+    opacities: np.ndarray,  # [M] activated
+    colors: np.ndarray,  # [M, 3] 0..1
+) -> None:
+    """3DGS ``.ply`` (degree-0 SH) of Gaussians given in activated form."""
+    m = np.asarray(means).reshape(-1, 3).shape[0]
+    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
+    names += [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)]
+    vertex = np.zeros(m, dtype=[(n, "f4") for n in names])
+    for i, axis in enumerate("xyz"):
+        vertex[axis] = np.asarray(means, dtype=np.float32).reshape(-1, 3)[:, i]
+    dc = (np.asarray(colors, dtype=np.float64).reshape(-1, 3) - 0.5) / SH_C0
+    for i in range(3):
+        vertex[f"f_dc_{i}"] = dc[:, i]
+    op = np.clip(np.asarray(opacities, dtype=np.float64).reshape(-1), 1e-6, 1 - 1e-6)
+    vertex["opacity"] = np.log(op / (1 - op))
+    log_s = np.log(np.maximum(np.asarray(scales, dtype=np.float64).reshape(-1, 3), 1e-12))
+    for i in range(3):
+        vertex[f"scale_{i}"] = log_s[:, i]
+    q = np.asarray(quats, dtype=np.float64).reshape(-1, 4)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    for i in range(4):
+        vertex[f"rot_{i}"] = q[:, i]
+    atomic_write_bytes(path, _ply_bytes(vertex))
+
+
+#: Distinct highlight colours of the instances in the preview.
+_PALETTE = np.array(
+    [[0.95, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.4, 1.0], [1.0, 0.8, 0.1], [0.9, 0.3, 0.9], [0.1, 0.9, 0.9]]
+)
+
+
+def render_selection_png(
+    path: str | Path,
+    index: SemanticIndex,
+    result: QueryResult,
+    *,
+    width: int = 960,
+    height: int = 720,
+    elevation_deg: float = 35.0,
+    azimuth_deg: float = -60.0,
+    max_background: int = 300_000,
+) -> None:
+    """Point-splat preview: the scene dimmed, each instance in its own colour with its box.
+
+    An orthographic view from (``azimuth_deg``, ``elevation_deg``) around the world z axis
+    (assumed up), painter's-algorithm ordering; matplotlib Agg, no GPU or display needed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    az, el = np.deg2rad(azimuth_deg), np.deg2rad(elevation_deg)
+    view_dir = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])  # towards camera
+    right = np.cross([0.0, 0.0, 1.0], view_dir)
+    right /= np.linalg.norm(right)
+    up = np.cross(view_dir, right)
+    basis = np.stack([right, up, view_dir], axis=1)  # world -> (u, v, depth)
+
+    rng = np.random.default_rng(0)
+    n = index.num_gaussians
+    keep = np.flatnonzero(index.opacities >= 0.05)
+    if keep.size > max_background:
+        keep = np.sort(rng.choice(keep, max_background, replace=False))
+    pts = [index.means[keep]]
+    cols = [0.35 + 0.4 * index.colors[keep]]  # dimmed, washed out
+    sizes = [np.full(keep.size, 2.0)]
+    for i, inst in enumerate(result.instances):
+        cloud = inst.points if inst.points.shape[0] else index.means[inst.gaussian_ids]
+        pts.append(cloud)
+        cols.append(np.tile(_PALETTE[i % len(_PALETTE)], (cloud.shape[0], 1)))
+        sizes.append(np.full(cloud.shape[0], 5.0))
+    allp = np.concatenate(pts).astype(np.float64) @ basis if n or result.instances else np.zeros((0, 3))
+    allc = np.concatenate(cols) if cols else np.zeros((0, 3))
+    alls = np.concatenate(sizes)
+    order = np.argsort(allp[:, 2])  # far first
+    fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_facecolor("black")
+    fig.patch.set_facecolor("black")
+    if allp.shape[0]:
+        ax.scatter(
+            allp[order, 0], allp[order, 1], c=np.clip(allc[order], 0, 1), s=alls[order], marker=".", linewidths=0
+        )
+    edges = [(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1]
+    for i, inst in enumerate(result.instances):
+        corners = inst.box.corners() @ basis
+        for a, b in edges:
+            ax.plot(corners[[a, b], 0], corners[[a, b], 1], color=_PALETTE[i % len(_PALETTE)], linewidth=1.0)
+        c = inst.centroid @ basis
+        ax.text(c[0], c[1], f"{i}: {inst.score:.2f}", color="white", fontsize=8)
+    title = f'"{result.text}": ' + (f"{len(result.instances)} instance(s)" if result.found else "nothing found")
+    ax.text(
+        0.01,
+        0.98,
+        f"{title} (best {result.best_score:.2f})",
+        transform=ax.transAxes,
+        color="white",
+        va="top",
+        fontsize=10,
+    )
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.axis("off")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", facecolor=fig.get_facecolor())
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def export_result(out_dir: str | Path, index: SemanticIndex, result: QueryResult, *, png: bool = True) -> dict:
+    """Write everything for ``result`` into ``out_dir``; returns ``{"kind": path}``.
+
+    Files: ``result.json``; per instance ``instance_XX_points.ply`` (the sampled cloud, or the
+    Gaussian centres when no cloud was requested); ``selection_gaussians.ply`` (3DGS, all
+    instances); ``selection.png``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict = {"instances": []}
+    for i, inst in enumerate(result.instances):
+        path = out / f"instance_{i:02d}_points.ply"
+        if inst.points.shape[0]:
+            write_points_ply(path, inst.points, inst.point_colors)
+        else:
+            write_points_ply(path, index.means[inst.gaussian_ids], index.colors[inst.gaussian_ids])
+        written["instances"].append(str(path))
+    ids = np.concatenate([inst.gaussian_ids for inst in result.instances]) if result.instances else np.zeros(0, int)
+    gpath = out / "selection_gaussians.ply"
+    write_gaussians_ply(
+        gpath, index.means[ids], index.quats[ids], index.scales[ids], index.opacities[ids], index.colors[ids]
+    )
+    written["gaussians"] = str(gpath)
+    if png:
+        render_selection_png(out / "selection.png", index, result)
+        written["png"] = str(out / "selection.png")
+    data = result.to_json()
+    data["files"] = written
+    atomic_write_json(out / "result.json", data)
+    written["json"] = str(out / "result.json")
+    return written
