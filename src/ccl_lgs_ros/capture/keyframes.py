@@ -50,12 +50,19 @@ class KeyframeSelector:
 
     def __init__(self, cfg: CaptureConfig, existing: Sequence[np.ndarray] = ()) -> None:
         self.cfg = cfg
+        self.threshold_scale = 1.0  # doubles at every 'thin'; persisted by CaptureSession
         self.min_translation = float(cfg.min_translation)
         self.min_rotation = math.radians(cfg.min_rotation_deg)
         self.count = len(existing)
         self.last_c2w: np.ndarray | None = np.asarray(existing[-1], dtype=np.float64) if len(existing) else None
         self._sharpness: deque[float] = deque(maxlen=int(cfg.blur_window))
         self.thin_pending = False
+
+    def set_threshold_scale(self, scale: float) -> None:
+        """Multiply the configured motion thresholds by ``scale`` (restores a thinned capture)."""
+        self.threshold_scale = float(scale)
+        self.min_translation = float(self.cfg.min_translation) * self.threshold_scale
+        self.min_rotation = math.radians(self.cfg.min_rotation_deg) * self.threshold_scale
 
     def consider(self, c2w: np.ndarray, rgb: np.ndarray) -> tuple[bool, str]:
         """Should this frame become a keyframe? Returns ``(keep, reason)``; a kept frame is
@@ -89,8 +96,7 @@ class KeyframeSelector:
                 return False, f"keyframe limit {self.cfg.max_keyframes} reached (policy 'stop')"
             # 'thin': keep indices 0, 2, 4, ... then add this frame.
             self.count = (self.count + 1) // 2
-            self.min_translation *= 2.0
-            self.min_rotation *= 2.0
+            self.set_threshold_scale(self.threshold_scale * 2.0)
             self.thin_pending = True
             reason += f"; limit reached, thinned to {self.count} and doubled the thresholds"
         self.count += 1
