@@ -1,0 +1,570 @@
+"""The priors SIMULATOR: a documented stand-in for SAM, SAM 2 and CLIP.
+
+This is not a model. It reads the ground truth of a capture (``instances/`` maps and the
+``ccl_lgs.instances`` labels, as written by :mod:`ccl_lgs_ros.synth` or anyone else's synthetic
+scenes in that format) and produces what the foundation models would, with controllable
+imperfections, so the whole method can be tested and measured without checkpoints. It is
+selected only by ``priors.backend: simulator``; nothing falls back to it silently.
+
+What it simulates:
+
+- **CLIP space** (:class:`SimulatedTextEncoder`): every word has a deterministic random direction
+  (a hash of the word seeds a Gaussian vector); a phrase is the normalised sum of its words'
+  vectors plus a phrase-specific component. "red mug" matches itself, is partly similar to "mug"
+  and unrelated to "blue box", "object" or unknown words, which is what relevance scoring needs.
+- **SAM masks**, three raw granularities ``s``/``p``/``w`` and the CCL-LGS merged sets
+  ``sp``/``wp``: the instance map with view-dependent corruption of strength
+  ``priors.sim_corruption``: objects split into parts (more at the sub-part level), merge with a
+  touching neighbour (more at the whole level), get noisy boundaries or are missed (more when
+  small). With corruption 0 every level equals the instance map.
+- **CLIP mask features**: the label embedding of what the mask covers, mixed by pixel share when
+  a mask covers several objects, plus view-dependent drift (camera heading) and noise that grows
+  with occlusion (``priors.sim_feature_noise``); unit vectors, float16.
+- **SAM 2 association**: a mask takes its object's track label when it overlaps the object by
+  IoU > ``priors.association_iou``; the tracker swaps identities (preferably between objects of
+  the same label) or loses tracks at a rate growing with the corruption. With corruption 0 the
+  labels are a perfect, consistent object id across frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..capture.format import Capture
+from ..config import Config, PriorsConfig
+from .types import FramePriors, LevelPriors
+
+SIM_VERSION = 1
+RAW_LEVELS = ("s", "p", "w")
+MERGED_LEVELS = ("sp", "wp")
+ALL_LEVELS = RAW_LEVELS + MERGED_LEVELS
+
+#: Per-level corruption profile at full strength: split, merge and miss probabilities per object.
+#: Sub-part masks split objects, whole masks merge neighbours; merged sets sit in between.
+_PROFILES: dict[str, tuple[float, float, float]] = {
+    "s": (0.9, 0.0, 0.25),
+    "p": (0.5, 0.15, 0.2),
+    "w": (0.1, 0.6, 0.2),
+    "sp": (0.7, 0.08, 0.2),
+    "wp": (0.3, 0.4, 0.2),
+}
+_BOUNDARY_FLIP = 0.45  # boundary pixels flipped to a neighbour's region at full strength
+_IDENTITY_ERROR = 0.08  # tracker identity errors per visible object and frame at full strength
+_STOPWORDS = frozenset({"a", "an", "the", "of", "some", "photo"})
+
+
+def _hash_seed(*parts: Any) -> int:
+    """Stable 64-bit seed from strings/ints (Python's ``hash`` is salted per process)."""
+    text = "|".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+
+
+def _unit(v: np.ndarray, axis: int = -1) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=axis, keepdims=True), 1e-12)
+
+
+class SimulatedTextEncoder:
+    """Deterministic stand-in for the CLIP text encoder (see the module docstring).
+
+    Args:
+        dim: embedding dimension (``priors.sim_dim``).
+        seed: changes every direction (``priors.sim_seed``).
+    """
+
+    kind = "simulator"
+    #: Weight of the words' shared directions vs. the phrase's own direction.
+    _WORDS, _PHRASE = 0.85, 0.5
+
+    def __init__(self, dim: int = 512, seed: int = 0) -> None:
+        if dim < 2:
+            raise ValueError("dim must be >= 2")
+        self._dim = int(dim)
+        self.seed = int(seed)
+        self._cache: dict[str, np.ndarray] = {}
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def _direction(self, kind: str, key: str) -> np.ndarray:
+        cache_key = f"{kind}:{key}"
+        vec = self._cache.get(cache_key)
+        if vec is None:
+            rng = np.random.default_rng(_hash_seed("ccl-lgs-sim", SIM_VERSION, self.seed, kind, key))
+            vec = _unit(rng.standard_normal(self._dim))
+            self._cache[cache_key] = vec
+        return vec
+
+    @staticmethod
+    def tokens(text: str) -> list[str]:
+        words = re.findall(r"[a-z0-9]+", text.lower())
+        return [w for w in words if w not in _STOPWORDS] or words
+
+    def embed(self, text: str) -> np.ndarray:
+        """``float64 [D]`` unit embedding of one phrase."""
+        toks = self.tokens(text)
+        phrase = self._direction("phrase", " ".join(toks))
+        if not toks:
+            return phrase
+        words = _unit(sum(self._direction("word", t) for t in toks))
+        return _unit(self._WORDS * words + self._PHRASE * phrase)
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """``float32 [Q, D]`` unit vectors."""
+        if isinstance(texts, str):
+            raise TypeError("encode_text takes a list of phrases, not a single string")
+        if len(texts) == 0:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        return np.stack([self.embed(t) for t in texts]).astype(np.float32)
+
+    def spec(self) -> dict:
+        return {"kind": self.kind, "version": SIM_VERSION, "dim": self._dim, "seed": self.seed}
+
+    @staticmethod
+    def from_spec(spec: dict) -> SimulatedTextEncoder:
+        if spec.get("kind") != SimulatedTextEncoder.kind:
+            raise ValueError(f"not a simulator text-encoder spec: {spec!r}")
+        if int(spec.get("version", SIM_VERSION)) != SIM_VERSION:
+            raise ValueError(f"simulator text encoder version {spec.get('version')} != {SIM_VERSION}")
+        return SimulatedTextEncoder(dim=int(spec["dim"]), seed=int(spec.get("seed", 0)))
+
+
+# ----------------------------------------------------------------------------- masks
+def _shift(a: np.ndarray, dy: int, dx: int, fill: int) -> np.ndarray:
+    """``a`` moved by (dy, dx) with ``fill`` entering at the border."""
+    out = np.full_like(a, fill)
+    h, w = a.shape
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = a[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+_NEIGHBOURS = ((0, 1), (0, -1), (1, 0), (-1, 0))
+
+
+def _compact(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` (inverse in ``values``' shape) for integer
+    maps, by counting instead of sorting when the value range is small (it is for id maps)."""
+    if values.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(values.shape, dtype=np.int64)
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo > 1 << 22:
+        uniq, inverse = np.unique(values, return_inverse=True)
+        return uniq.astype(np.int64), inverse.reshape(values.shape)
+    shifted = values.astype(np.int64) - lo
+    present = np.flatnonzero(np.bincount(shifted.ravel()))
+    lut = np.zeros(hi - lo + 1, dtype=np.int64)
+    lut[present] = np.arange(len(present))
+    return present + lo, lut[shifted]
+
+
+def _adjacent_pairs(ids: np.ndarray) -> set[tuple[int, int]]:
+    """Unordered pairs of different ids that touch (4-neighbourhood)."""
+    pairs: set[tuple[int, int]] = set()
+    for dy, dx in ((0, 1), (1, 0)):
+        a = ids[: ids.shape[0] - dy, : ids.shape[1] - dx]
+        b = ids[dy:, dx:]
+        diff = a != b
+        lo, hi = np.minimum(a[diff], b[diff]), np.maximum(a[diff], b[diff])
+        span = int(ids.max()) + 1 if ids.size else 1
+        for code in np.unique(lo.astype(np.int64) * span + hi):
+            pairs.add((int(code // span), int(code % span)))
+    return pairs
+
+
+def _occlusion(ids: np.ndarray, background: set[int]) -> np.ndarray:
+    """Per compact id ``0..G-1``, the fraction of its boundary touching another foreground
+    object: a proxy for being partly hidden, which makes CLIP features of the crop less reliable."""
+    n = int(ids.max()) + 1 if ids.size else 0
+    is_object = np.ones(n + 1, dtype=bool)  # index nb + 1; the border fill (-1) is no object
+    is_object[0] = False
+    is_object[[b + 1 for b in background if b < n]] = False
+    edge = np.zeros(ids.shape, dtype=bool)
+    by_object = np.zeros(ids.shape, dtype=bool)
+    for dy, dx in _NEIGHBOURS:
+        nb = _shift(ids, dy, dx, -1)
+        differs = nb != ids
+        edge |= differs
+        by_object |= differs & is_object[nb + 1]
+    border = np.bincount(ids[edge], minlength=n)
+    touch = np.bincount(ids[by_object], minlength=n)
+    return touch / np.maximum(border, 1)
+
+
+def _resize_ids(ids: np.ndarray, image_size: int) -> np.ndarray:
+    h, w = ids.shape
+    if image_size <= 0 or max(h, w) <= image_size:
+        return ids
+    s = image_size / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return cv2.resize(ids.astype(np.int32), size, interpolation=cv2.INTER_NEAREST)
+
+
+class SimulatorBackend:
+    """Simulated SAM + CLIP + SAM 2 (:class:`~ccl_lgs_ros.priors.types.PriorsBackend`).
+
+    Args:
+        cfg: the priors section (``sim_*`` fields, ``association_iou``, ``reseed``,
+            ``image_size``).
+    """
+
+    name = "simulator"
+
+    def __init__(self, cfg: PriorsConfig | Config) -> None:
+        self.cfg = cfg.priors if isinstance(cfg, Config) else cfg
+        self._encoder = SimulatedTextEncoder(self.cfg.sim_dim, self.cfg.sim_seed)
+        self._object_cache: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def text_encoder(self) -> SimulatedTextEncoder:
+        return self._encoder
+
+    # ------------------------------------------------------------------ inputs
+    @staticmethod
+    def _labels(capture: Capture) -> tuple[dict[int, str], set[int]]:
+        """GT id -> label (0 = background) and the ids marked as background (e.g. the table)."""
+        if not capture.instances:
+            raise ValueError(
+                f"{capture.root}: the priors simulator needs ground truth (ccl_lgs.instances and "
+                "instances/ maps, e.g. from `ccl-lgs synth`); use priors.backend=real for real data"
+            )
+        synth = capture.ccl_extra.get("synth") or {}
+        labels = {0: str(synth.get("background_label", "background"))}
+        background = {0}
+        for inst in capture.instances:
+            labels[int(inst["id"])] = str(inst.get("label", f"object {inst['id']}"))
+            if inst.get("background"):
+                background.add(int(inst["id"]))
+        return labels, background
+
+    def _gt_ids(self, capture: Capture, index: int) -> np.ndarray:
+        ids = capture.load_instances(index)
+        if ids is None:
+            raise ValueError(
+                f"{capture.root}: frame {index} has no instance map; the priors simulator needs instances/ ground truth"
+            )
+        return _resize_ids(ids, self.cfg.image_size)
+
+    # ------------------------------------------------------------------ masks
+    def _regions(
+        self, ids: np.ndarray, level: str, rng: np.random.Generator, background: set[int], none_id: int | None
+    ) -> np.ndarray:
+        """Corrupted region map ``int64 [H,W]``: region code per pixel, -1 = no mask.
+
+        ``ids`` are compact GT ids ``0..G-1``; ``none_id`` is the one of GT id 0 (no instance).
+        Codes are ``id * 64 + part`` (parts 0..63) so the original object stays recoverable.
+        """
+        c = float(self.cfg.sim_corruption)
+        p_split, p_merge, p_miss = (min(1.0, c * v) for v in _PROFILES[level])
+        regions = ids.astype(np.int64) * 64
+        counts = np.bincount(ids.ravel())
+        objects = [k for k in range(len(counts)) if k not in background]
+        area = {k: int(a) for k, a in enumerate(counts)}
+        total = ids.size
+        if none_id is not None and not self.cfg.sim_background:
+            regions[ids == none_id] = -1
+        if c > 0:
+            # All random numbers are drawn up front, independent of c, and compared with
+            # thresholds proportional to c: a stronger setting corrupts a superset of what a
+            # weaker one does (same seed), so measured inconsistency grows with the setting.
+            n = len(counts)
+            order = rng.permutation(n)
+            u_merge, u_partner, u_split, u_miss, u_angle, u_parts = rng.random((6, n))
+            u_dirs = rng.integers(4, size=3)
+            u_flip = rng.random((3, *ids.shape))
+            # Merge with a touching foreground neighbour (a whole-object mask spilling over).
+            parent = {k: k for k in objects}
+
+            def root(k: int) -> int:
+                while parent[k] != k:
+                    k = parent[k]
+                return k
+
+            pairs = [(a, b) for a, b in _adjacent_pairs(ids) if a in parent and b in parent]
+            for k in (int(j) for j in order if int(j) in parent):
+                partners = sorted(b if a == k else a for a, b in pairs if k in (a, b))
+                if partners and u_merge[k] < p_merge:
+                    other = partners[int(u_partner[k] * len(partners))]
+                    parent[root(k)] = root(other)
+            merged = {root(k) for k in objects if root(k) != k}
+            for k in objects:
+                if root(k) != k:
+                    regions[ids == k] = root(k) * 64
+                    merged.add(k)
+            # Split into parts along a view-dependent direction (bands of equal area).
+            for k in objects:
+                # Objects seen large are split more often (SAM finds more parts in close-ups).
+                size_factor = min(1.0, 0.5 + area[k] / (0.01 * total))
+                if k in merged or area[k] < 24 or u_split[k] >= p_split * size_factor:
+                    continue
+                parts = 2 if level in ("p", "w", "wp") else 2 + int(u_parts[k] * 2)
+                yy, xx = np.nonzero(ids == k)
+                angle = u_angle[k] * np.pi
+                proj = xx * np.cos(angle) + yy * np.sin(angle)
+                edges = np.quantile(proj, np.linspace(0, 1, parts + 1)[1:-1])
+                part = np.searchsorted(edges, proj)
+                regions[yy, xx] = regions[yy, xx] + 1 + part  # parts never collide with the whole (0)
+            # Boundary noise: boundary pixels take a neighbouring region's code.
+            for it in range(1 + int(2 * c)):
+                dy, dx = _NEIGHBOURS[int(u_dirs[it])]
+                nb = _shift(regions, dy, dx, -2)
+                flip = (nb != regions) & (nb != -2) & (u_flip[it] < _BOUNDARY_FLIP * c)
+                regions = np.where(flip, nb, regions)
+            # Missed objects (small ones more often).
+            for k in objects:
+                small = 1.0 if area[k] < 0.004 * total else 0.0
+                if u_miss[k] < p_miss * (1.0 + small):
+                    regions[(regions // 64) == k] = -1
+        return regions
+
+    def _object_vectors(self, g: int, label: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Label embedding and the two fixed drift directions of GT object ``g`` (cached)."""
+        key = (g, label)
+        vecs = self._object_cache.get(key)
+        if vecs is None:
+            d = self._encoder.dim
+            dr = np.random.default_rng(_hash_seed("drift", self.cfg.sim_seed, g))
+            vecs = (self._encoder.embed(label), _unit(dr.standard_normal(d)), _unit(dr.standard_normal(d)))
+            self._object_cache[key] = vecs
+        return vecs
+
+    def _features(
+        self,
+        masks: np.ndarray,
+        ids: np.ndarray,
+        k: int,
+        split: np.ndarray,
+        objects: list[tuple[int, str]],
+        heading: float,
+        occlusion: np.ndarray,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """``float16 [K, D]`` unit features of the ``k`` masks.
+
+        ``ids`` are compact GT ids indexing ``objects`` (GT id, label) and ``occlusion``.
+        """
+        d = self._encoder.dim
+        sigma = float(self.cfg.sim_feature_noise)
+        valid = masks >= 0
+        n_gt = len(objects)
+        # Pixel share of every object inside every mask.
+        counts = np.bincount(masks[valid] * n_gt + ids[valid], minlength=k * n_gt).reshape(k, n_gt)
+        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        pm, pg = np.nonzero(counts)  # (mask, object) pairs that actually overlap
+        base = np.zeros((len(pm), d))
+        for j in np.unique(pg):
+            emb, a, b = self._object_vectors(*objects[j])
+            # View drift: a smooth function of the camera heading, fixed per object.
+            base[pg == j] = emb + sigma * (np.cos(heading) * a + np.sin(heading) * b)
+        # Per-view noise, stronger for partly hidden objects.
+        noise = _unit(rng.standard_normal((len(pm), d))) * (sigma * (1.0 + occlusion[pg]))[:, None]
+        feats = np.zeros((k, d))
+        np.add.at(feats, pm, share[pm, pg][:, None] * _unit(base + noise))
+        # A part of an object looks less like the whole object to CLIP.
+        if split.any():
+            feats += split[:, None] * 0.3 * _unit(rng.standard_normal((k, d)))
+        return _unit(feats).astype(np.float16)
+
+    def frame_priors(self, capture: Capture, index: int, levels: Sequence[str]) -> FramePriors:
+        labels, background = self._labels(capture)
+        gt_values, ids = _compact(self._gt_ids(capture, index))
+        objects = [(int(g), labels.get(int(g), f"object {g}")) for g in gt_values]
+        background_c = {j for j, g in enumerate(gt_values) if int(g) in background}
+        none_id = 0 if gt_values.size and gt_values[0] == 0 else None
+        c2w = capture.frames[index].c2w
+        forward = -c2w[:3, 2]  # OpenGL cameras look along -z
+        heading = float(np.arctan2(forward[1], forward[0]))
+        occlusion = _occlusion(ids, background_c)
+        out = FramePriors()
+        for level in levels:
+            if level not in _PROFILES:
+                raise ValueError(f"unknown priors level {level!r}; choose from {ALL_LEVELS}")
+            rng = np.random.default_rng(_hash_seed("masks", self.cfg.sim_seed, index, level))
+            regions = self._regions(ids, level, rng, background_c, none_id)
+            codes, inverse = _compact(regions)
+            if codes.size and codes[0] == -1:
+                masks = inverse.astype(np.int32) - 1
+                codes = codes[1:]
+            else:
+                masks = inverse.astype(np.int32)
+            split = (codes % 64 != 0).astype(np.float64)
+            feats = self._features(masks, ids, len(codes), split, objects, heading, occlusion, rng)
+            out.levels[level] = LevelPriors(masks=masks, features=feats, labels=np.full(len(codes), -1, np.int32))
+        return out
+
+    # ------------------------------------------------------------------ association
+    def associate(self, capture: Capture, priors: Sequence[FramePriors], levels: Sequence[str]) -> None:
+        """Simulated SAM 2 tracking over the frames in capture order (fills labels in place)."""
+        self._labels(capture)  # clear error when the capture has no ground truth
+        label_of = {int(inst["id"]): inst.get("label") for inst in capture.instances}
+        all_ids = sorted({0, *label_of})
+        slot = {g: j for j, g in enumerate(all_ids)}
+        rate = _IDENTITY_ERROR * float(self.cfg.sim_corruption)
+        id_cache: dict[int, np.ndarray] = {}
+        for level in levels:
+            track: dict[int, int] = {}
+            next_label = 0
+            for i, fp in enumerate(priors):
+                lp = fp.levels[level]
+                if i not in id_cache:
+                    id_cache[i] = self._gt_ids(capture, i)
+                ids = _match_shape(id_cache[i], lp.masks.shape)
+                dominant, iou = mask_objects(lp.masks, ids, len(lp.labels))
+                matched = iou > self.cfg.association_iou
+                visible = sorted({int(g) for g in dominant[matched]})
+                # New objects get a track: in the first frame always, later only with re-seeding.
+                for g in visible:
+                    if g not in track and (i == 0 or self.cfg.reseed):
+                        track[g] = next_label
+                        next_label += 1
+                # Identity errors persist, like a real tracker's switches. Uniforms are drawn
+                # per frame and object independently of the rate, so errors at a lower rate are
+                # a subset of those at a higher one.
+                u = np.random.default_rng(_hash_seed("track", self.cfg.sim_seed, level, i)).random((len(all_ids), 3))
+                for g in visible:
+                    ug = u[slot.get(g, 0)]
+                    if g not in track or ug[0] >= rate:
+                        continue
+                    others = [o for o in visible if o != g and o in track]
+                    same = [o for o in others if label_of.get(o) == label_of.get(g)]
+                    if others and ug[1] < 0.5:
+                        # Objects that look alike (same label) are the ones a tracker confuses.
+                        pool = same if same and ug[1] < 0.35 else others
+                        o = pool[int(ug[2] * len(pool))]
+                        track[g], track[o] = track[o], track[g]
+                    elif self.cfg.reseed:
+                        track[g] = next_label  # lost and re-acquired as a new object
+                        next_label += 1
+                    else:
+                        del track[g]
+                labels = np.full(len(lp.labels), -1, dtype=np.int32)
+                for m in np.flatnonzero(matched):
+                    labels[m] = track.get(int(dominant[m]), -1)
+                lp.labels = labels
+
+
+def _match_shape(ids: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if ids.shape == shape:
+        return ids
+    return cv2.resize(ids.astype(np.int32), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+
+
+def mask_objects(masks: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``k`` masks: its dominant GT id and the IoU with that object's pixels.
+
+    Args:
+        masks: ``int32 [H,W]`` mask map (-1 = none).
+        ids: ``int [H,W]`` ground-truth ids of the same frame.
+        k: number of masks.
+
+    Returns:
+        ``dominant int64 [k]`` and ``iou float64 [k]``.
+    """
+    gt_values, gt_index = _compact(ids)
+    n_gt = len(gt_values)
+    gt_area = np.bincount(gt_index.ravel(), minlength=n_gt).astype(np.float64)
+    valid = masks >= 0
+    inter = np.bincount(masks[valid] * n_gt + gt_index[valid], minlength=k * n_gt).reshape(k, n_gt).astype(np.float64)
+    best = inter.argmax(axis=1) if k else np.zeros(0, dtype=np.int64)
+    overlap = inter[np.arange(k), best]
+    mask_area = inter.sum(axis=1)
+    iou = overlap / np.maximum(mask_area + gt_area[best] - overlap, 1.0)
+    return gt_values[best].astype(np.int64), iou
+
+
+# ----------------------------------------------------------------------------- measurement
+def mask_inconsistency(capture: Capture, priors: Sequence[FramePriors], level: str) -> float:
+    """Fraction of object pixels whose mask disagrees with the ground truth (0..1).
+
+    Per frame and GT object (background ids excluded), an object pixel agrees when it lies in
+    the mask that overlaps the object most *and* that mask's dominant object is this object.
+    Splits, misses and boundary errors lose the pixels outside the best mask; a merge loses all
+    pixels of the smaller object. 0 means the masks equal the instance map.
+    """
+    _, background = SimulatorBackend._labels(capture)
+    bad = total = 0.0
+    for i, fp in enumerate(priors):
+        lp = fp.levels[level]
+        k = len(lp.labels)
+        ids = _match_shape(capture.load_instances(i), lp.masks.shape)
+        dominant, _ = mask_objects(lp.masks, ids, k)
+        gt_values, gt_index = _compact(ids)
+        n_gt = len(gt_values)
+        valid = lp.masks >= 0
+        inter = np.bincount(gt_index[valid] * max(k, 1) + lp.masks[valid], minlength=n_gt * max(k, 1))
+        inter = inter.reshape(n_gt, max(k, 1))
+        areas = np.bincount(gt_index.ravel(), minlength=n_gt)
+        for j, g in enumerate(gt_values):
+            if int(g) in background:
+                continue
+            total += areas[j]
+            best = int(inter[j].argmax())
+            good = inter[j, best] if k and inter[j, best] > 0 and dominant[best] == g else 0
+            bad += areas[j] - good
+    return float(bad / max(total, 1.0))
+
+
+def identity_error_rate(capture: Capture, priors: Sequence[FramePriors], level: str) -> float:
+    """Fraction of labelled masks whose label is not their object's usual label, or whose
+    object is not that label's usual object (identity switches, lost tracks, merges)."""
+    pairs = []
+    for i, fp in enumerate(priors):
+        lp = fp.levels[level]
+        ids = _match_shape(capture.load_instances(i), lp.masks.shape)
+        dominant, _ = mask_objects(lp.masks, ids, len(lp.labels))
+        pairs += [(int(g), int(lab)) for g, lab in zip(dominant, lp.labels) if lab >= 0]
+    if not pairs:
+        return 0.0
+    arr = np.array(pairs)
+
+    def mode_map(keys: np.ndarray, values: np.ndarray) -> dict[int, int]:
+        out = {}
+        for key in np.unique(keys):
+            vals, counts = np.unique(values[keys == key], return_counts=True)
+            out[int(key)] = int(vals[counts.argmax()])
+        return out
+
+    label_of_obj = mode_map(arr[:, 0], arr[:, 1])
+    obj_of_label = mode_map(arr[:, 1], arr[:, 0])
+    wrong = [(label_of_obj[g] != lab) or (obj_of_label[lab] != g) for g, lab in pairs]
+    return float(np.mean(wrong))
+
+
+def identity_switch_rate(capture: Capture, priors: Sequence[FramePriors], level: str) -> float:
+    """How often an object's label changes between consecutive frames where it is labelled.
+
+    Per GT object, the label of the mask that is dominated by it with the highest IoU in each
+    frame (unlabelled frames skipped); the rate is changes / transitions over all objects.
+    0 means every object keeps one label throughout, which is what a perfect tracker gives.
+    """
+    seq: dict[int, list[int]] = {}
+    for i, fp in enumerate(priors):
+        lp = fp.levels[level]
+        ids = _match_shape(capture.load_instances(i), lp.masks.shape)
+        dominant, iou = mask_objects(lp.masks, ids, len(lp.labels))
+        best: dict[int, tuple[float, int]] = {}
+        for g, q, lab in zip(dominant, iou, lp.labels):
+            if lab >= 0 and q > best.get(int(g), (-1.0, -1))[0]:
+                best[int(g)] = (float(q), int(lab))
+        for g, (_, lab) in best.items():
+            seq.setdefault(g, []).append(lab)
+    changes = sum(int(np.count_nonzero(np.diff(v))) for v in seq.values())
+    transitions = sum(len(v) - 1 for v in seq.values())
+    return float(changes / transitions) if transitions else 0.0
+
+
+__all__ = [
+    "ALL_LEVELS",
+    "SimulatedTextEncoder",
+    "SimulatorBackend",
+    "identity_error_rate",
+    "identity_switch_rate",
+    "mask_inconsistency",
+    "mask_objects",
+]

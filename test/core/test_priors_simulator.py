@@ -1,0 +1,166 @@
+"""The priors simulator: text space, masks vs ground truth, features, association errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ccl_lgs_ros.capture.format import Capture
+from ccl_lgs_ros.config import Config
+from ccl_lgs_ros.priors.simulator import (
+    ALL_LEVELS,
+    SimulatedTextEncoder,
+    SimulatorBackend,
+    identity_switch_rate,
+    mask_inconsistency,
+    mask_objects,
+)
+from ccl_lgs_ros.priors.stage import build_text_encoder
+from ccl_lgs_ros.priors.types import PriorsBackend
+from ccl_lgs_ros.synth import generate_scene
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Capture:
+    # 24 frames: enough tracked transitions for identity-error rates to be measured reliably.
+    return generate_scene(tmp_path_factory.mktemp("sim") / "scene", seed=2, width=96, height=72, num_frames=24)
+
+
+def _run(capture: Capture, corruption: float, levels=("sp", "wp"), **kw) -> list:
+    cfg = Config()
+    cfg.priors.backend = "simulator"
+    cfg.priors.sim_corruption = corruption
+    for key, value in kw.items():
+        setattr(cfg.priors, key, value)
+    backend = SimulatorBackend(cfg)
+    priors = [backend.frame_priors(capture, i, levels) for i in range(len(capture.frames))]
+    backend.associate(capture, priors, levels)
+    return priors
+
+
+def test_text_encoder_space() -> None:
+    enc = SimulatedTextEncoder(dim=512, seed=0)
+    q = enc.encode_text(["red mug", "The red mug", "mug", "blue box", "object", "things", "zorblax", "RED MUG!"])
+    assert q.dtype == np.float32 and q.shape == (8, 512)
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
+    sim = q @ q.T
+    assert sim[0, 1] > 0.999 and sim[0, 7] > 0.999  # case, punctuation and articles ignored
+    assert 0.3 < sim[0, 2] < 0.8  # shares a word: partly similar
+    for j in (3, 4, 5, 6):
+        assert abs(sim[0, j]) < 0.3  # unrelated phrases and unknown words
+    # Deterministic and rebuildable from its spec; another seed is another space.
+    again = build_text_encoder(enc.spec())
+    np.testing.assert_array_equal(again.encode_text(["red mug"]), q[:1])
+    other = SimulatedTextEncoder(dim=512, seed=1).encode_text(["red mug"])
+    assert float(other[0] @ q[0]) < 0.3
+    assert enc.encode_text([]).shape == (0, 512)
+
+
+def test_implements_backend_protocol() -> None:
+    assert isinstance(SimulatorBackend(Config()), PriorsBackend)
+
+
+def test_no_corruption_masks_equal_instance_maps(scene: Capture) -> None:
+    priors = _run(scene, 0.0, levels=ALL_LEVELS, sim_feature_noise=0.0)
+    enc = SimulatorBackend(Config()).text_encoder()
+    labels = {inst["id"]: inst["label"] for inst in scene.instances}
+    for i, fp in enumerate(priors):
+        ids = scene.load_instances(i)
+        for level in ALL_LEVELS:
+            lp = fp.levels[level]
+            assert lp.masks.shape == ids.shape and lp.features.dtype == np.float16
+            # A bijection between mask ids and GT ids (0 = background gets its own mask).
+            pairs = np.unique(np.stack([lp.masks.ravel(), ids.ravel()]), axis=1)
+            assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+            assert lp.masks.min() >= 0
+            # Without noise, an object's feature is its label's text embedding.
+            dominant, iou = mask_objects(lp.masks, ids, len(lp.labels))
+            np.testing.assert_allclose(iou, 1.0)
+            for m, g in enumerate(dominant):
+                if g in labels:
+                    ref = enc.encode_text([labels[g]])[0]
+                    assert float(lp.features[m].astype(np.float32) @ ref) > 0.99
+        # Perfect association: one consistent label per object across frames and levels.
+    for level in ALL_LEVELS:
+        obj_to_label: dict[int, int] = {}
+        for i, fp in enumerate(priors):
+            lp = fp.levels[level]
+            dominant, _ = mask_objects(lp.masks, scene.load_instances(i), len(lp.labels))
+            assert (lp.labels >= 0).all()
+            for g, lab in zip(dominant.tolist(), lp.labels.tolist()):
+                assert obj_to_label.setdefault(g, lab) == lab
+        assert len(set(obj_to_label.values())) == len(obj_to_label)  # distinct objects, distinct labels
+        assert identity_switch_rate(scene, priors, level) == 0.0
+        assert mask_inconsistency(scene, priors, level) == 0.0
+
+
+def test_background_masks_optional(scene: Capture) -> None:
+    fp = _run(scene, 0.0, levels=("sp",), sim_background=False)[0]
+    ids = scene.load_instances(0)
+    assert ((fp.levels["sp"].masks == -1) == (ids == 0)).all()
+
+
+def test_inconsistency_grows_with_corruption(scene: Capture) -> None:
+    settings = (0.0, 0.3, 0.6, 1.0)
+    masks_bad, switches, labelled = [], [], []
+    for c in settings:
+        priors = _run(scene, c)
+        masks_bad.append(sum(mask_inconsistency(scene, priors, lv) for lv in ("sp", "wp")))
+        switches.append(sum(identity_switch_rate(scene, priors, lv) for lv in ("sp", "wp")))
+        labelled.append(np.mean([(fp.levels["sp"].labels >= 0).mean() for fp in priors]))
+        for fp in priors:  # invariants hold whatever the corruption
+            for lp in fp.levels.values():
+                assert lp.masks.min() >= -1 and lp.masks.max() < len(lp.labels)
+                assert set(np.unique(lp.masks[lp.masks >= 0])) == set(range(len(lp.labels)))
+                norms = np.linalg.norm(lp.features.astype(np.float32), axis=1)
+                np.testing.assert_allclose(norms, 1.0, atol=2e-3)
+    assert masks_bad[0] == 0.0 and switches[0] == 0.0 and labelled[0] == 1.0
+    assert all(np.diff(masks_bad) > 0), masks_bad
+    assert all(np.diff(switches) > 0), switches
+    assert labelled[-1] < labelled[0]
+
+
+def test_levels_differ_in_granularity(scene: Capture) -> None:
+    """Sub-part masks split objects more (more masks); whole masks merge more (fewer)."""
+    priors = _run(scene, 0.8, levels=("s", "w"))
+    n_s = np.mean([len(fp.levels["s"].labels) for fp in priors])
+    n_w = np.mean([len(fp.levels["w"].labels) for fp in priors])
+    assert n_s > n_w
+
+
+def test_impure_masks_mix_features(scene: Capture) -> None:
+    """A mask covering two objects has a feature between their label embeddings."""
+    enc = SimulatedTextEncoder(512, 0)
+    labels = {inst["id"]: inst["label"] for inst in scene.instances}
+    priors = _run(scene, 1.0, levels=("w",), sim_feature_noise=0.0)
+    checked = 0
+    for i, fp in enumerate(priors):
+        lp = fp.levels["w"]
+        ids = scene.load_instances(i)
+        for m in range(len(lp.labels)):
+            inside = ids[lp.masks == m]
+            gts, counts = np.unique(inside, return_counts=True)
+            big = counts >= 0.25 * inside.size  # objects making up a good share of the mask
+            gts = gts[big]
+            if len(gts) != 2 or 0 in gts or labels[gts[0]] == labels[gts[1]]:
+                continue
+            sims = enc.encode_text([labels[g] for g in gts]) @ lp.features[m].astype(np.float32)
+            assert (sims > 0.2).all() and (sims < 0.95).all()
+            checked += 1
+    assert checked > 0
+
+
+def test_deterministic(scene: Capture) -> None:
+    a = _run(scene, 0.5)
+    b = _run(scene, 0.5)
+    for fa, fb in zip(a, b):
+        for level in ("sp", "wp"):
+            np.testing.assert_array_equal(fa.levels[level].masks, fb.levels[level].masks)
+            np.testing.assert_array_equal(fa.levels[level].features, fb.levels[level].features)
+            np.testing.assert_array_equal(fa.levels[level].labels, fb.levels[level].labels)
+
+
+def test_needs_ground_truth(tmp_path) -> None:
+    cap = Capture(root=tmp_path)
+    with pytest.raises(ValueError, match="ground truth"):
+        SimulatorBackend(Config()).frame_priors(cap, 0, ("sp",))
