@@ -160,7 +160,7 @@ def import_rosbag(
     counts: dict[str, int] = {}
 
     def skip(reason: str) -> None:
-        key = reason.split(":")[0]
+        key = reason.split(":")[0].split(" (")[0]  # the kind of reason, without its numbers
         counts[key] = counts.get(key, 0) + 1
 
     with Reader(bag) as reader:
@@ -180,7 +180,7 @@ def import_rosbag(
         camera: tuple[Intrinsics, Distortion] | None = None
 
         def handle(ready: list[tuple[float, Any, Any]]) -> None:
-            for t, (rgb, frame_id), depth in ready:
+            for t, (rgb, frame_id, camera), depth in ready:
                 if max_frames is not None and len(session.writer) >= max_frames:
                     return
                 if camera is None:
@@ -232,7 +232,8 @@ def import_rosbag(
                             msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian), max_pixels
                         )
                         rgb = to_rgb(arr, msg.encoding)
-                    handle(pairer.push_image(stamp_seconds(msg.header), (rgb, msg.header.frame_id)))
+                    # the CameraInfo current when the image arrived goes with it (depth may delay it)
+                    handle(pairer.push_image(stamp_seconds(msg.header), (rgb, msg.header.frame_id, camera)))
             except ImageDecodeError as exc:
                 skip(f"decode error: {exc}")
                 log.warning("%s: %s", conn.topic, exc)
