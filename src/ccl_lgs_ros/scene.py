@@ -1,0 +1,139 @@
+"""The trained-scene folder: build its query index, load it for serving, export it.
+
+Layout (see docs/ARCHITECTURE.md)::
+
+    SCENE/scene.json        format_version, frame_id, world_from_scene, config, stage records,
+                            text_encoder spec
+    SCENE/rgb/              RGB Gaussians (normalised scene frame) and checkpoints
+    SCENE/priors/           2D priors cache
+    SCENE/field/            codebooks, per-Gaussian semantic features, decoder
+    SCENE/query_index.npz   world-frame Gaussians + per-level top codes (what queries read)
+
+Loading never unpickles anything and is all-or-nothing: a :class:`LoadedScene` is built
+completely before anyone can see it, so a node can swap scenes atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import read_json
+
+log = logging.getLogger(__name__)
+
+QUERY_INDEX = "query_index.npz"
+
+
+class SceneError(RuntimeError):
+    """A scene folder is missing, incomplete or of an unsupported version."""
+
+
+def _scene_record(scene_dir: Path) -> dict[str, Any]:
+    path = scene_dir / "scene.json"
+    if not path.is_file():
+        raise SceneError(f"{scene_dir}: no scene.json (not a trained scene)")
+    try:
+        record = read_json(path)
+    except ValueError as exc:
+        raise SceneError(f"{path}: invalid JSON ({exc})") from None
+    from .pipeline import SCENE_FORMAT_VERSION
+
+    version = int(record.get("format_version", -1))
+    if version != SCENE_FORMAT_VERSION:
+        raise SceneError(f"{path}: scene format {version}, this build reads {SCENE_FORMAT_VERSION}")
+    return record
+
+
+def build_query_index(scene_dir: str | Path, frame_id: str) -> dict[str, Any]:
+    """Turn the trained field into the world-frame :class:`~.query.index.SemanticIndex`."""
+    from .query.index import LevelCodes, SemanticIndex
+    from .semantics import per_gaussian_code_probs
+    from .splat.gaussians import GaussianModel
+
+    scene_dir = Path(scene_dir)
+    record = _scene_record(scene_dir)
+    gaussians = GaussianModel.load(scene_dir / "rgb" / "gaussians.npz").to_numpy()
+    probs, codebooks = per_gaussian_code_probs(scene_dir)
+    levels = {name: LevelCodes.from_probs(probs[name], codebooks[name]) for name in probs}
+    index = SemanticIndex.from_scene_arrays(
+        means=gaussians["means"], quats=gaussians["quats"], scales=gaussians["scales"],
+        opacities=gaussians["opacities"], colors=gaussians["colors"], levels=levels,
+        world_from_scene=np.asarray(record["world_from_scene"], dtype=np.float64), frame_id=frame_id,
+    )
+    index.save(scene_dir / QUERY_INDEX)
+    return {"gaussians": index.num_gaussians, "levels": list(levels),
+            "bytes_per_gaussian": index.semantic_bytes_per_gaussian()}
+
+
+@dataclass
+class LoadedScene:
+    """A scene ready to answer queries (immutable once built)."""
+
+    path: Path
+    record: dict[str, Any]
+    index: Any  # query.index.SemanticIndex
+    engine: Any  # query.engine.QueryEngine
+
+    @property
+    def frame_id(self) -> str:
+        return str(self.index.frame_id)
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.index.num_gaussians)
+
+    def scene_cloud(self, min_opacity: float = 0.3, max_points: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
+        """Gaussian centres and colours (world frame) for display."""
+        keep = np.flatnonzero(self.index.opacities >= min_opacity)
+        if keep.size > max_points:
+            keep = keep[np.linspace(0, keep.size - 1, max_points).astype(np.int64)]
+        return self.index.means[keep], self.index.colors[keep]
+
+
+def load_scene(path: str | Path, device: str = "cpu", query_cfg: Any = None) -> LoadedScene:
+    """Load a trained scene for serving. Raises :class:`SceneError` with the reason."""
+    from .config import from_dict
+    from .priors.stage import build_text_encoder
+    from .query.engine import QueryEngine
+    from .query.index import SemanticIndex
+
+    scene_dir = Path(path).expanduser()
+    if not scene_dir.is_dir():
+        raise SceneError(f"{scene_dir}: no such scene folder")
+    record = _scene_record(scene_dir)
+    if not (scene_dir / QUERY_INDEX).is_file():
+        raise SceneError(f"{scene_dir}: no {QUERY_INDEX} (training did not finish?)")
+    spec = record.get("text_encoder")
+    if not spec:
+        raise SceneError(f"{scene_dir}: scene.json names no text encoder")
+    try:
+        index = SemanticIndex.load(scene_dir / QUERY_INDEX)
+    except (ValueError, KeyError, OSError) as exc:
+        raise SceneError(f"{scene_dir / QUERY_INDEX}: {exc}") from None
+    cfg = from_dict(record["config"]) if query_cfg is None else None
+    encoder = build_text_encoder(spec, device=device)
+    engine = QueryEngine(index, encoder, query_cfg if query_cfg is not None else cfg.query)
+    return LoadedScene(path=scene_dir, record=record, index=index, engine=engine)
+
+
+def export_scene(scene_dir: str | Path, out: str | Path) -> dict[str, str]:
+    """Export the RGB Gaussians as a standard 3DGS ``.ply`` and a coloured point cloud (world frame)."""
+    from .splat.gaussians import GaussianModel
+    from .splat.ply import write_3dgs_ply, write_point_cloud_ply
+
+    scene_dir = Path(scene_dir)
+    record = _scene_record(scene_dir)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = GaussianModel.load(scene_dir / "rgb" / "gaussians.npz")
+    world_from_scene = np.asarray(record["world_from_scene"], dtype=np.float64)
+    splats = out / "gaussians_3dgs.ply"
+    cloud = out / "cloud.ply"
+    write_3dgs_ply(splats, model, world_from_scene=world_from_scene)
+    write_point_cloud_ply(cloud, model, world_from_scene=world_from_scene)
+    return {"gaussians": str(splats), "cloud": str(cloud)}
