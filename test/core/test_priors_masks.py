@@ -1,0 +1,201 @@
+"""Model-free logic of the real priors: level sets, painting, crops, association, GAGS prompting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ccl_lgs_ros.priors.association import VideoFrames, associate_masks, frame_order
+from ccl_lgs_ros.priors.clip_features import masked_square_crops
+from ccl_lgs_ros.priors.gags_prompts import granularity_points, min_depth_over_views
+from ccl_lgs_ros.priors.sam_masks import MaskCandidates, MaskSettings, paint_non_overlapping, select_level
+
+
+def _box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+    m = torch.zeros(h, w, dtype=torch.bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def _candidates(masks: list[torch.Tensor], iou: list[float], stab: list[float], level: list[int]) -> MaskCandidates:
+    from segment_anything.utils.amg import batched_mask_to_box
+
+    m = torch.stack(masks)
+    return MaskCandidates(
+        masks=m,
+        iou=torch.tensor(iou),
+        stability=torch.tensor(stab),
+        level=torch.tensor(level),
+        boxes=batched_mask_to_box(m).float(),
+    )
+
+
+def test_paint_best_mask_last_wins_overlaps():
+    a, b = _box(20, 20, 0, 12, 0, 12), _box(20, 20, 6, 18, 6, 18)
+    ids = paint_non_overlapping(torch.stack([a, b]), torch.tensor([0.9, 0.5]))
+    assert ids[8, 8] == 0  # overlap goes to the better mask
+    assert ids[15, 15] == 1 and ids[2, 2] == 0 and ids[19, 0] == -1
+    ids = paint_non_overlapping(torch.stack([a, b]), torch.tensor([0.2, 0.5]))
+    assert ids[8, 8] == 1
+
+
+def test_level_sets_merge_the_right_granularities():
+    h = w = 40
+    whole = _box(h, w, 0, 40, 0, 40)
+    part = _box(h, w, 0, 20, 0, 40)
+    sub = _box(h, w, 0, 20, 0, 10)
+    other_sub = _box(h, w, 25, 35, 25, 35)
+    cands = _candidates([sub, part, whole, other_sub], [0.9, 0.8, 0.7, 0.95], [1.0] * 4, [0, 1, 2, 0])
+    settings = MaskSettings(box_nms_thresh=0.9, overlap_thresh=0.8, min_mask_area=10)
+    levels = {lv: select_level(cands, lv, settings) for lv in ("sp", "wp", "s", "p", "w")}
+    used = {lv: set(cands.level[levels[lv].candidate_index].tolist()) for lv in levels}
+    assert used["sp"] <= {0, 1} and used["wp"] <= {1, 2}
+    assert used["s"] == {0} and used["p"] == {1} and used["w"] == {2}
+    sp = levels["sp"]
+    # The sub-part (better score) is painted over the part; the part keeps its other pixels.
+    sub_id = list(sp.candidate_index).index(0)
+    part_id = list(sp.candidate_index).index(1)
+    assert sp.id_map[5, 5] == sub_id and sp.id_map[5, 30] == part_id
+    # wp: the part (better than the whole, mostly inside it) is painted over the whole.
+    wp = levels["wp"]
+    assert set(wp.candidate_index.tolist()) == {1, 2}
+    assert wp.id_map[10, 10] == list(wp.candidate_index).index(1)
+    assert wp.id_map[30, 5] == list(wp.candidate_index).index(2)
+    for lm in levels.values():
+        k = len(lm.candidate_index)
+        assert lm.id_map.dtype == np.int32 and lm.id_map.min() >= -1 and lm.id_map.max() < k
+        assert set(np.unique(lm.id_map[lm.id_map >= 0])) == set(range(k))  # every mask visible
+
+
+def test_contained_worse_mask_and_hidden_masks_are_removed():
+    h = w = 30
+    big = _box(h, w, 0, 30, 0, 30)
+    inside = _box(h, w, 5, 15, 5, 15)  # fully inside a better mask -> suppressed by overlap_thresh
+    cands = _candidates([big, inside], [0.9, 0.5], [1.0, 1.0], [1, 1])
+    lm = select_level(cands, "p", MaskSettings(box_nms_thresh=1.0, overlap_thresh=0.8, min_mask_area=1))
+    assert lm.candidate_index.tolist() == [0] and (lm.id_map == 0).all()
+    # Without overlap suppression the worse mask is hidden under the better one and dropped.
+    lm = select_level(cands, "p", MaskSettings(box_nms_thresh=1.0, overlap_thresh=1.0, min_mask_area=1))
+    assert lm.candidate_index.tolist() == [0]
+
+
+def test_masked_square_crop_zeroes_background_and_keeps_aspect():
+    img = np.full((20, 40, 3), 200, np.uint8)
+    mask = _box(20, 40, 8, 12, 0, 40)[None]  # a wide 4 x 40 strip
+    crop = masked_square_crops(img, mask, 40)
+    assert crop.shape == (1, 3, 40, 40)
+    assert float(crop[0, :, :15].abs().max()) == 0.0 and float(crop[0, :, 25:].abs().max()) == 0.0
+    assert float(crop[0, :, 19:21].min()) > 0.7  # the strip, centred, not stretched
+
+
+def test_frame_order_timestamps_then_nearest_camera():
+    c2ws = np.repeat(np.eye(4)[None], 4, axis=0)
+    c2ws[:, 0, 3] = [0.0, 3.0, 1.0, 2.0]
+    assert frame_order(c2ws, [3.0, 0.0, 2.0, 1.0]) == [1, 3, 2, 0]
+    assert frame_order(c2ws, [0.0, None, 1.0, 2.0]) == [0, 2, 3, 1]  # incomplete times -> nearest walk
+    assert frame_order(c2ws) == [0, 2, 3, 1]
+
+
+class _OracleTracker:
+    """Stands in for the SAM 2 video predictor: propagates an object to its true instance mask."""
+
+    image_size = 16
+
+    def __init__(self, instance_maps: list[np.ndarray]) -> None:
+        self.gt = instance_maps
+        self.passes = 0
+
+    def init_state(self, video_path):  # noqa: ANN001 - mirrors sam2's signature
+        return {"device": torch.device("cpu"), "objs": {}}
+
+    def reset_state(self, state):  # noqa: ANN001
+        state["objs"].clear()
+
+    def add_new_mask(self, state, frame_idx, obj_id, mask):  # noqa: ANN001
+        inst = np.bincount(self.gt[frame_idx][mask.numpy()]).argmax()
+        state["objs"][obj_id] = inst
+
+    def propagate_in_video(self, state, start_frame_idx=0):  # noqa: ANN001
+        self.passes += 1
+        ids = list(state["objs"])
+        for t in range(start_frame_idx, len(self.gt)):
+            masks = np.stack([self.gt[t] == state["objs"][o] for o in ids])
+            yield t, ids, torch.as_tensor(masks[:, None] * 10.0 - 5.0)
+
+
+def test_association_labels_with_reseeding():
+    h, w = 12, 16
+    gt = []
+    for t in range(4):
+        m = np.zeros((h, w), np.int64)
+        m[:, :6] = 1  # object 1 everywhere
+        if t >= 2:
+            m[:, 10:] = 2  # object 2 appears in frame 2
+        gt.append(m)
+    # Own masks: instance maps re-indexed per frame (object order differs per frame on purpose).
+    id_maps = []
+    for m in gt:
+        ids = np.full((h, w), -1, np.int32)
+        present = [o for o in (2, 1) if (m == o).any()]
+        for k, o in enumerate(present):
+            ids[m == o] = k
+        id_maps.append(ids)
+    tracker = _OracleTracker(gt)
+    frames = VideoFrames(lambda i: np.zeros((h, w, 3), np.uint8), 4, 16)
+    labels, stats = associate_masks(tracker, frames, id_maps, iou_thresh=0.5, reseed=False)
+    obj1 = labels[0][0]
+    assert all(lab[id_maps[t][0, 0]] == obj1 for t, lab in enumerate(labels))
+    assert labels[2][0] == -1 and labels[3][0] == -1  # object 2 unseen in frame 0: -1 (the paper)
+    assert stats.fraction_labelled == pytest.approx(4 / 6)
+    labels, stats = associate_masks(tracker, frames, id_maps, iou_thresh=0.5, reseed=True)
+    assert stats.fraction_labelled == 1.0 and stats.objects == 2 and stats.seed_frames == [0, 2]
+    assert labels[2][0] == labels[3][0] != labels[2][1]
+    assert all(lab.dtype == np.int32 for lab in labels)
+
+
+def test_association_iou_threshold():
+    h, w = 10, 10
+    gt = [np.zeros((h, w), np.int64) for _ in range(2)]
+    for m in gt:
+        m[:, :5] = 1
+    own0 = np.where(gt[0] == 1, 0, -1).astype(np.int32)
+    own1 = np.full((h, w), -1, np.int32)
+    own1[:, :2] = 0  # IoU 0.4 with the tracked object
+    frames = VideoFrames(lambda i: np.zeros((h, w, 3), np.uint8), 2, 16)
+    labels, _ = associate_masks(_OracleTracker(gt), frames, [own0, own1], iou_thresh=0.5, reseed=False)
+    assert labels[1][0] == -1
+    labels, _ = associate_masks(_OracleTracker(gt), frames, [own0, own1], iou_thresh=0.3, reseed=False)
+    assert labels[1][0] == labels[0][0] == 0
+
+
+def _plane_view(distance: float, h: int = 40, w: int = 40, f: float = 40.0):
+    """A camera looking down -z (OpenGL) at the plane z=0 from height ``distance``."""
+    c2w = np.eye(4)
+    c2w[2, 3] = distance
+    K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
+    return np.full((h, w), distance, np.float32), K, c2w
+
+
+def test_gags_prompt_density_follows_nearest_view():
+    near, far = _plane_view(1.0), _plane_view(2.0)
+    depths = [near[0], far[0]]
+    Ks, c2ws = np.stack([near[1], far[1]]), np.stack([near[2], far[2]])
+    d_min_far = min_depth_over_views(depths, Ks, c2ws, 1, stride=2)
+    centre = d_min_far[15:25, 15:25]
+    assert np.allclose(centre, 1.0, atol=1e-4)  # the far view's centre is seen by the near camera
+    assert (d_min_far <= depths[1] + 1e-6).all()
+    d_min_near = min_depth_over_views(depths, Ks, c2ws, 0, stride=2)
+    assert np.allclose(d_min_near, 1.0)
+    pts_near = granularity_points(depths[0], d_min_near, points_per_side=16, patches_per_side=4)
+    pts_far = granularity_points(depths[1], d_min_far, points_per_side=16, patches_per_side=4)
+    assert len(pts_near) == 256  # at the nearest depth: the uniform grid's density
+    assert 0 < len(pts_far) < len(pts_near)
+    assert (pts_far >= 0).all() and (pts_far[:, 0] < 40).all() and (pts_far[:, 1] < 40).all()
+
+
+def test_gags_prompts_follow_coverage():
+    depth = np.ones((32, 32), np.float32)
+    depth[:, 16:] = 0.0  # right half uncovered
+    pts = granularity_points(depth, depth, points_per_side=8, patches_per_side=2)
+    assert len(pts) > 0 and (pts[:, 0] < 16).all()

@@ -1,0 +1,207 @@
+"""The real priors backend on random-initialised REDUCED real models (segment_anything, sam2, open_clip).
+
+The weights are random, so only shapes, invariants and plumbing are checked here; semantics are
+tested with the simulator. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ccl_lgs_ros.capture.format import Capture, Frame, Intrinsics, write_image
+from ccl_lgs_ros.config import Config
+from ccl_lgs_ros.priors.models import (
+    MissingCheckpointError,
+    RealPriorsBackend,
+    build_clip_text_encoder,
+    build_random_sam,
+    build_random_sam2_video,
+    build_real_backend,
+    load_clip,
+    load_sam,
+    load_sam2_video,
+)
+from ccl_lgs_ros.priors.sam_masks import MaskSettings, generate_level_masks
+from ccl_lgs_ros.priors.types import FramePriors
+
+H, W = 48, 64
+
+
+# ------------------------------------------------------------------ checkpoints
+def test_missing_sam_checkpoint_names_parameter_file_and_source(tmp_path):
+    with pytest.raises(MissingCheckpointError) as err:
+        load_sam("vit_h", "", "cpu")
+    msg = str(err.value)
+    assert "priors.sam_checkpoint" in msg and "sam_vit_h_4b8939.pth" in msg and "Segment Anything" in msg
+    with pytest.raises(MissingCheckpointError, match="does not exist"):
+        load_sam("vit_b", str(tmp_path / "nope.pth"), "cpu")
+
+
+def test_missing_sam2_and_clip_checkpoints():
+    with pytest.raises(MissingCheckpointError) as err:
+        load_sam2_video("configs/sam2.1/sam2.1_hiera_l.yaml", "", "cpu")
+    assert "priors.sam2_checkpoint" in str(err.value) and "sam2.1_hiera_large.pt" in str(err.value)
+    with pytest.raises(MissingCheckpointError) as err:
+        load_clip("ViT-B-16", "laion2b_s34b_b88k", "", "cpu")  # no download unless allowed
+    assert "priors.clip_checkpoint" in str(err.value) and "open_clip_pytorch_model.bin" in str(err.value)
+    with pytest.raises(MissingCheckpointError):
+        build_real_backend(Config(), "cpu")  # the default config names no checkpoint
+
+
+def test_clip_loads_a_checkpoint_file(tmp_path, clip):
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(clip.model.state_dict(), path)
+    spec = {"kind": "open_clip", "model": "ViT-S-32", "pretrained": "", "checkpoint": str(path)}
+    loaded = build_clip_text_encoder(spec, "cpu")  # the path a trained scene's query takes
+    text = ["a red mug", "a blue box"]
+    np.testing.assert_allclose(loaded.encode_text(text), clip.encode_text(text), atol=1e-5)
+    assert loaded.spec() == spec
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def clip():
+    return load_clip("ViT-S-32", "", "", "cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def sam():
+    return build_random_sam("reduced", "cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory) -> Capture:
+    root = tmp_path_factory.mktemp("cap")
+    intr = Intrinsics(60.0, 60.0, W / 2, H / 2, W, H)
+    frames = []
+    for i in range(3):
+        img = np.full((H, W, 3), 40, np.uint8)
+        img[10:30, 8 + 3 * i : 28 + 3 * i] = (220, 30, 30)
+        img[20:44, 36:60] = (30, 30, 220)
+        write_image(root / f"images/{i:03d}.png", img)
+        c2w = np.eye(4)
+        c2w[0, 3] = 0.1 * i
+        frames.append(Frame(f"images/{i:03d}.png", c2w, intr))
+    cap = Capture(Path(root), frames)
+    cap.save()
+    return cap
+
+
+def _cfg() -> Config:
+    cfg = Config()
+    p = cfg.priors
+    # Random weights: no mask passes real quality thresholds, and NMS would leave ~1 mask.
+    p.pred_iou_thresh, p.stability_score_thresh = 0.0, 0.0
+    p.box_nms_thresh, p.overlap_thresh = 0.95, 0.95
+    p.points_per_side, p.points_per_batch, p.min_mask_area = 6, 16, 4
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def backend(sam, clip) -> RealPriorsBackend:
+    sam2 = build_random_sam2_video(
+        device="cpu", image_size=128, seed=0, hydra_overrides=["++model.memory_attention.num_layers=1"]
+    )
+    return RealPriorsBackend(sam, sam2, clip, _cfg().priors, "cpu")
+
+
+@pytest.fixture(scope="module")
+def priors(backend, capture) -> list[FramePriors]:
+    return [backend.frame_priors(capture, i, ["sp", "wp"]) for i in range(len(capture.frames))]
+
+
+# ------------------------------------------------------------------ masks + features
+def test_frame_priors_shapes_and_invariants(priors, clip):
+    for fp in priors:
+        assert set(fp.levels) == {"sp", "wp"}
+        for lp in fp.levels.values():
+            k = lp.features.shape[0]
+            assert k > 0
+            assert lp.masks.shape == (H, W) and lp.masks.dtype == np.int32
+            assert lp.masks.min() >= -1 and lp.masks.max() == k - 1
+            # non-overlapping by construction; every listed mask owns >= min_mask_area pixels
+            counts = np.bincount(lp.masks[lp.masks >= 0].ravel(), minlength=k)
+            assert (counts >= 4).all()
+            assert lp.features.dtype == np.float16 and lp.features.shape[1] == clip.dim
+            np.testing.assert_allclose(np.linalg.norm(lp.features.astype(np.float32), axis=1), 1.0, atol=2e-3)
+            assert (lp.labels == -1).all() and lp.labels.shape == (k,)
+
+
+def test_image_encoded_once_and_batching_invariant(sam, capture):
+    from segment_anything import SamPredictor
+
+    calls = []
+    hook = sam.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        image = capture.load_image(0)
+        results = []
+        for batch in (7, 64):
+            settings = MaskSettings(
+                points_per_side=5,
+                points_per_batch=batch,
+                pred_iou_thresh=0.0,
+                stability_score_thresh=0.0,
+                box_nms_thresh=0.95,
+                overlap_thresh=0.95,
+                min_mask_area=4,
+            )
+            cands, levels = generate_level_masks(SamPredictor(sam), image, ("s", "p", "w", "sp"), settings)
+            results.append((cands, levels))
+    finally:
+        hook.remove()
+    assert len(calls) == 2  # one image embedding per frame, whatever the prompt batching
+    (c1, l1), (c2, l2) = results
+    present = set(c1.level.tolist())
+    assert present <= {0, 1, 2} and len(present) >= 2  # three outputs per prompt, level kept
+    for lv in ("s", "p", "w"):
+        assert set(c1.level[l1[lv].candidate_index].tolist()) <= {"spw".index(lv)}
+    assert set(c1.level[l1["sp"].candidate_index].tolist()) <= {0, 1}
+    # Per-batch NMS may keep a different pool, but the level maps must agree closely.
+    assert np.mean(l1["sp"].id_map >= 0) == pytest.approx(np.mean(l2["sp"].id_map >= 0), abs=0.2)
+
+
+def test_text_encoder_space_matches_features(backend, priors):
+    enc = backend.text_encoder()
+    t = enc.encode_text(["red mug", "blue box", "table"])
+    assert t.shape == (3, priors[0].levels["sp"].features.shape[1]) and t.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1.0, atol=1e-5)
+    assert enc.spec()["kind"] == "open_clip"
+
+
+def test_image_size_limits_mask_resolution(sam, clip, capture):
+    cfg = _cfg()
+    cfg.priors.image_size = 32
+    be = RealPriorsBackend(sam, None, clip, cfg.priors, "cpu")
+    fp = be.frame_priors(capture, 0, ["wp"])
+    assert fp.levels["wp"].masks.shape == (24, 32)
+
+
+# ------------------------------------------------------------------ association (real SAM 2 code path)
+@pytest.mark.slow
+@pytest.mark.parametrize("reseed", [False, True])
+def test_association_labels(backend, capture, priors, reseed):
+    backend.cfg.reseed = reseed
+    work = [
+        FramePriors({lv: type(lp)(lp.masks, lp.features, lp.labels.copy()) for lv, lp in fp.levels.items()})
+        for fp in priors
+    ]
+    backend.associate(capture, work, ["sp"])
+    stats = backend.association_stats["sp"]
+    labels = [fp.levels["sp"].labels for fp in work]
+    k0 = len(labels[0])
+    assert (labels[0] == np.arange(k0)).all()  # the first frame seeds labels 0..K0-1
+    for lab, fp, orig in zip(labels, work, priors):
+        assert lab.dtype == np.int32 and lab.shape == (fp.levels["sp"].features.shape[0],)
+        assert lab.min() >= -1 and lab.max() < stats.objects
+        assert fp.levels["sp"].masks is orig.levels["sp"].masks  # only labels are touched
+        assert (orig.levels["sp"].labels == -1).all()
+    labelled = sum(int((lab >= 0).sum()) for lab in labels)
+    assert stats.masks_labelled == labelled and stats.masks_total == sum(len(lab) for lab in labels)
+    if reseed:
+        assert stats.fraction_labelled == 1.0  # every mask eventually seeds or joins an object
+    else:
+        assert stats.objects == k0 and stats.passes == 1 and 0.0 < stats.fraction_labelled <= 1.0
