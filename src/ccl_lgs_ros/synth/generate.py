@@ -216,7 +216,9 @@ def _render(
     normals[flip] *= -1
     lambert = np.clip(normals @ light_dir, 0.0, None)
     shadow_origin = points + normals * 2e-3
-    lit_side = hit & (lambert > 0)
+    # Only the objects cast shadows, and those fall on the table top or other objects: shadow
+    # rays from the floor and walls would cost most of the time and change nothing.
+    lit_side = hit & (lambert > 0) & (points[:, 2] > TABLE_HEIGHT - 0.01)
     shadowed = np.zeros(len(t), dtype=bool)
     if lit_side.any():
         shadowed[lit_side] = any_hit(occluders, shadow_origin[lit_side], light_dir)
@@ -297,6 +299,7 @@ def generate_scene(
             }
         )
     table_id = len(kinds) + 1 if table_instance else 0
+    occluders = list(shapes)  # the objects cast shadows (see _render)
     table = _table_shapes(table_id)
     shapes += table
     if table_instance:
@@ -311,7 +314,6 @@ def generate_scene(
                 "background": True,
             }
         )
-    occluders = list(shapes)  # everything but the room casts shadows
     shapes.append(Room(0, np.array([0.78, 0.77, 0.74]), "checker", 3))
 
     world_from_local = _world_from_local(world_offset)

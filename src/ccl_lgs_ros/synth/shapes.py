@@ -56,19 +56,28 @@ class Box(Shape):
         R = _yaw_matrix(self.yaw)
         o = (origins - self.center) @ R  # [N,3] in box axes
         d = dirs @ R
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv = 1.0 / np.where(np.abs(d) < 1e-12, 1e-12, d)
-            t0 = (-self.half - o) * inv
-            t1 = (self.half - o) * inv
-        t_near = np.minimum(t0, t1)
-        t_far = np.maximum(t0, t1)
-        axis = np.argmax(t_near, axis=1)
-        t_in = t_near[np.arange(len(o)), axis]
-        t_out = t_far.min(axis=1)
+        n = len(o)
+        # Slab method, one axis at a time on 1D arrays (much faster than [N,3] fancy indexing).
+        t_in = np.full(n, -np.inf)
+        t_out = np.full(n, np.inf)
+        axis = np.zeros(n, dtype=np.int8)
+        sign = np.zeros(n)
+        for a in range(3):
+            da = d[:, a]
+            da = np.where(np.abs(da) < 1e-12, 1e-12, da)
+            t0 = (-self.half[a] - o[:, a]) / da
+            t1 = (self.half[a] - o[:, a]) / da
+            near = np.minimum(t0, t1)
+            better = near > t_in
+            t_in = np.where(better, near, t_in)
+            axis = np.where(better, a, axis)
+            sign = np.where(better, -np.sign(da), sign)
+            t_out = np.minimum(t_out, np.maximum(t0, t1))
         hit = (t_in <= t_out) & (t_in > _EPS)
         t = np.where(hit, t_in, np.inf)
-        n_local = np.zeros_like(o)
-        n_local[np.arange(len(o)), axis] = -np.sign(d[np.arange(len(o)), axis])
+        n_local = np.zeros((n, 3))
+        for a in range(3):
+            n_local[:, a] = np.where(axis == a, sign, 0.0)
         return t, n_local @ R.T
 
     def area(self) -> float:
