@@ -11,11 +11,11 @@ import math
 
 import numpy as np
 import pytest
-from conftest import dataset_path
 
 from ccl_lgs_ros.capture.format import Capture
 from ccl_lgs_ros.capture.importers import capture_info, import_capture
 from ccl_lgs_ros.capture.importers.nerfstudio import read_blender, read_nerfstudio
+from conftest import dataset_path
 
 pytestmark = pytest.mark.datasets
 

@@ -46,7 +46,7 @@ class Intrinsics:
     def K(self) -> np.ndarray:
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
-    def scaled(self, width: int, height: int) -> "Intrinsics":
+    def scaled(self, width: int, height: int) -> Intrinsics:
         """Intrinsics of the same camera at another resolution."""
         sx, sy = width / self.width, height / self.height
         return dataclasses.replace(
@@ -63,7 +63,7 @@ class Intrinsics:
         }
 
     @staticmethod
-    def from_json(d: dict[str, Any], fallback: "Intrinsics | None" = None) -> "Intrinsics":
+    def from_json(d: dict[str, Any], fallback: Intrinsics | None = None) -> Intrinsics:
         def get(key: str, default: Any = None) -> Any:
             if key in d:
                 return d[key]
@@ -136,7 +136,7 @@ class Capture:
 
     # ---------------------------------------------------------------- reading
     @staticmethod
-    def load(root: str | Path) -> "Capture":
+    def load(root: str | Path) -> Capture:
         root = Path(root).expanduser()
         path = root / TRANSFORMS
         if not path.is_file():

@@ -119,22 +119,22 @@ def encode_image(array: np.ndarray, encoding: str) -> tuple[int, int, int, bytes
 def to_rgb(array: np.ndarray, encoding: str) -> np.ndarray:
     """Decoded image (see :func:`decode_image`) -> RGB ``uint8 [H,W,3]``."""
     arr = np.asarray(array)
+    # cv2.cvtColor: several times faster than numpy's reversed-stride copies at 720p.
     if encoding in ("rgb8", "8UC3"):
-        out = arr
-    elif encoding == "bgr8":
-        out = arr[..., ::-1]
-    elif encoding == "rgba8":
-        out = arr[..., :3]
-    elif encoding in ("bgra8", "8UC4"):
-        out = arr[..., 2::-1]
-    elif encoding in ("mono8", "8UC1"):
-        out = np.repeat(arr[..., None], 3, axis=2)
-    elif encoding in ("mono16", "16UC1"):
+        return np.ascontiguousarray(arr, dtype=np.uint8)
+    if encoding == "bgr8":
+        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    if encoding == "rgba8":
+        return cv2.cvtColor(arr, cv2.COLOR_RGBA2RGB)
+    if encoding in ("bgra8", "8UC4"):
+        return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB)
+    if encoding in ("mono8", "8UC1"):
+        return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGB)
+    if encoding in ("mono16", "16UC1"):
         # Full-range 16-bit grey -> 8 bit, the mapping cv_bridge uses for mono16 -> mono8.
-        out = np.repeat((arr.astype(np.float32) / 257.0).round().astype(np.uint8)[..., None], 3, axis=2)
-    else:
-        raise ImageDecodeError(f"encoding {encoding!r} is not a colour image encoding")
-    return np.ascontiguousarray(out, dtype=np.uint8)
+        grey = (arr.astype(np.float32) / 257.0).round().astype(np.uint8)
+        return cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
+    raise ImageDecodeError(f"encoding {encoding!r} is not a colour image encoding")
 
 
 def depth_to_metres(array: np.ndarray, encoding: str) -> np.ndarray:

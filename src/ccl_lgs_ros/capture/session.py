@@ -29,12 +29,12 @@ class SessionStats:
 
     offered: int = 0
     kept: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)  # first word of the reason -> count
+    rejected: dict[str, int] = field(default_factory=dict)  # kind of reason -> count
     write_errors: int = 0
     last_reason: str = ""
 
     def reject(self, reason: str) -> None:
-        key = reason.split(" ")[0].split("(")[0]
+        key = reason.split(":")[0].split(" (")[0]  # the kind of reason, without its numbers
         self.rejected[key] = self.rejected.get(key, 0) + 1
         self.last_reason = reason
 
