@@ -43,7 +43,9 @@ def camera_c2w_gl(world_from_body: np.ndarray, body_from_optical: np.ndarray | N
     return optical_to_opengl_c2w(T)
 
 
-def check_pose(translation: Sequence[float], quat_xyzw: Sequence[float], quat_tol: float = 1e-2) -> str | None:
+def check_pose(
+    translation: Sequence[float] | np.ndarray, quat_xyzw: Sequence[float] | np.ndarray, quat_tol: float = 1e-2
+) -> str | None:
     """Reason a pose is unusable (``None`` when it is fine): non-finite values or a quaternion
     whose norm is far from 1 (a rotation that is not orthonormal)."""
     t = np.asarray(translation, dtype=np.float64)
@@ -83,7 +85,9 @@ class PoseBuffer:
     def span(self) -> tuple[float, float] | None:
         return (self._times[0], self._times[-1]) if self._times else None
 
-    def add(self, t: float, translation: Sequence[float], quat_xyzw: Sequence[float]) -> tuple[bool, str]:
+    def add(
+        self, t: float, translation: Sequence[float] | np.ndarray, quat_xyzw: Sequence[float] | np.ndarray
+    ) -> tuple[bool, str]:
         """Store a pose. Returns ``(accepted, reason)``; invalid poses are refused, not raised."""
         reason = check_pose(translation, quat_xyzw)
         if reason is not None:

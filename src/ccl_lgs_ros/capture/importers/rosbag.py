@@ -68,7 +68,7 @@ def _typestore(reader: Any) -> Any:
     return store
 
 
-def _pick(reader: Any, wanted: str, types: tuple[str, ...], role: str, required: bool) -> Any | None:
+def _pick(reader: Any, wanted: str, types: tuple[str, ...], role: str, required: bool) -> Any:
     """The connection of ``wanted``; when absent, the only topic of an accepted type."""
     conns = [c for c in reader.connections if c.msgtype in types]
     exact = [c for c in conns if c.topic == wanted]
