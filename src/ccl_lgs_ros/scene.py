@@ -115,9 +115,10 @@ def load_scene(path: str | Path, device: str = "cpu", query_cfg: Any = None) -> 
         index = SemanticIndex.load(scene_dir / QUERY_INDEX)
     except (ValueError, KeyError, OSError) as exc:
         raise SceneError(f"{scene_dir / QUERY_INDEX}: {exc}") from None
-    cfg = from_dict(record["config"]) if query_cfg is None else None
+    if query_cfg is None:
+        query_cfg = from_dict(record["config"]).query
     encoder = build_text_encoder(spec, device=device)
-    engine = QueryEngine(index, encoder, query_cfg if query_cfg is not None else cfg.query)
+    engine = QueryEngine(index, encoder, query_cfg)
     return LoadedScene(path=scene_dir, record=record, index=index, engine=engine)
 
 
