@@ -70,6 +70,10 @@ def machine() -> dict:
     except OSError:
         pass
     try:
+        info["loadavg_at_start"] = os.getloadavg()
+    except OSError:
+        pass
+    try:
         info["affinity"] = len(os.sched_getaffinity(0))
     except AttributeError:
         pass
@@ -105,17 +109,21 @@ def bench_size(n: int, args: argparse.Namespace, encoder: HashTextEncoder) -> di
     engine.query_many(queries, point_spacing=0.0)  # warm every embedding
     row: dict = {"num_gaussians": n, "prepare_s": prepare_s, "cold_ms": cold_ms}
     for name, spacing in (("no_cloud", 0.0), ("cloud", args.spacing)):
-        times, selected, inst = [], [], []
+        times, cpu, selected, inst = [], [], [], []
         for rep in range(args.repeats):
             q = queries[rep % len(queries)]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             res = engine.query(q, point_spacing=spacing)
             times.append(time.perf_counter() - t0)
+            # CPU time of this thread: robust to other processes competing for the cores.
+            cpu.append(time.thread_time() - c0)
             selected.append(res.num_selected)
             inst.append(len(res.instances))
         row[name] = {
             "p50_ms": percentile_ms(times, 50),
             "p95_ms": percentile_ms(times, 95),
+            "cpu_p50_ms": percentile_ms(cpu, 50),
+            "cpu_p95_ms": percentile_ms(cpu, 95),
             "mean_selected": float(np.mean(selected)),
             "mean_instances": float(np.mean(inst)),
         }
@@ -183,6 +191,7 @@ def main() -> None:
     parser.add_argument("--cluster-compare-size", type=int, default=100_000, help="0 = skip")
     parser.add_argument("--out", type=Path, default=Path("bench/out/query"))
     args = parser.parse_args()
+    info = machine()
     encoder = HashTextEncoder()
     rows = []
     for n in args.sizes:
@@ -190,12 +199,18 @@ def main() -> None:
         rows.append(row)
         print(
             f"N={n:>9,}  p50 {row['no_cloud']['p50_ms']:7.2f} ms  p95 {row['no_cloud']['p95_ms']:7.2f} ms  "
+            f"cpu p50/p95 {row['no_cloud']['cpu_p50_ms']:.2f}/{row['no_cloud']['cpu_p95_ms']:.2f} ms  "
             f"(with cloud p95 {row['cloud']['p95_ms']:7.2f} ms)  cold {row['cold_ms']:.1f} ms  "
             f"selected {row['no_cloud']['mean_selected']:.0f}  instances {row['no_cloud']['mean_instances']:.1f}  "
             f"prepare {row['prepare_s']:.2f} s",
             flush=True,
         )
-    report = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "sizes": rows}
+    report = {
+        "machine": info,
+        "loadavg_at_end": os.getloadavg(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "sizes": rows,
+    }
     if args.cluster_compare_size:
         report["clustering"] = bench_clustering(args.cluster_compare_size, args, encoder)
         print("clustering:", report["clustering"])

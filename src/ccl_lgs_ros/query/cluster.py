@@ -91,19 +91,22 @@ class VoxelGrid:
         Returns:
             int64 ``[len(ids)]``, cluster label 0..C-1 or -1 (noise / excluded point).
         """
-        ids = np.asarray(ids, dtype=np.int64)
-        labels = np.full(ids.shape[0], -1, dtype=np.int64)
-        vox = self.voxel_of[ids]
+        vox = self.voxel_of[np.asarray(ids)]
+        if vox.size == 0:
+            return np.zeros(0, dtype=np.int64)
         ok = vox >= 0
-        if not ok.any():
+        if not ok.all():  # points outside the grid are noise
+            labels = np.full(vox.shape[0], -1, dtype=np.int64)
+            if ok.any():
+                labels[ok] = self.cluster(np.asarray(ids)[ok], min_points)
             return labels
         v = self.num_voxels
-        counts = np.bincount(vox[ok], minlength=v + 1)  # slot v: the "no neighbour" sentinel, 0
+        counts = np.bincount(vox, minlength=v + 1)  # slot v: the "no neighbour" sentinel, 0
         occupied = np.flatnonzero(counts[:v])
         m = occupied.shape[0]
         local = np.full(v + 1, -1, dtype=np.int64)
         local[occupied] = np.arange(m)
-        nb = self.neighbours[occupied]  # [m, 26] global
+        nb = np.take(self.neighbours, occupied, axis=0)  # [m, 26] global
         nb_local = local[nb]  # [m, 26], -1 = empty for this selection
         core = counts[occupied] + counts[nb].sum(axis=1) >= min_points
         core_ext = np.append(core, False)  # index -1 -> False
@@ -116,12 +119,13 @@ class VoxelGrid:
         # Border voxels take any core neighbour's cluster; the rest is noise.
         border = np.where(nb_core, comp_ext[nb_local], -1).max(axis=1)
         voxel_label = np.where(core, comp, border)
-        # Compact the labels that survived to 0..C-1.
+        # Compact the labels that survived to 0..C-1, then one gather from a voxel-sized table.
         used, compact = np.unique(voxel_label, return_inverse=True)
         if used.size and used[0] == -1:
             compact = compact - 1
-        labels[ok] = compact.reshape(-1)[local[vox[ok]]]
-        return labels
+        table = np.full(v + 1, -1, dtype=np.int64)
+        table[occupied] = compact.reshape(-1)
+        return table[vox]
 
 
 def dbscan_open3d(points: np.ndarray, eps: float, min_points: int) -> np.ndarray:

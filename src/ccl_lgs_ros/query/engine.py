@@ -31,7 +31,7 @@ import numpy as np
 from ..config import QueryConfig
 from .cluster import VoxelGrid, dbscan_open3d
 from .index import LevelCodes, SemanticIndex
-from .shapes import Box, sample_surface, segment_pca_boxes
+from .shapes import Box, pca_box, sample_surface
 
 __all__ = [
     "Instance",
@@ -157,16 +157,6 @@ class _LevelLookup:
 
 #: Gaussians per instance used to fit the oriented box.
 STATS_POINTS = 8192
-
-
-def _strided_rows(starts: np.ndarray, counts: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of at most ``cap`` evenly spaced members of each segment, and the new segment starts."""
-    take = np.minimum(counts, cap)
-    new_starts = np.concatenate([[0], np.cumsum(take)[:-1]])
-    seg = np.repeat(np.arange(counts.shape[0]), take)
-    k = np.arange(int(take.sum())) - new_starts[seg]
-    rows = starts[seg] + (k * counts[seg]) // take[seg]
-    return rows, new_starts
 
 
 def _normalise_phrase(text: str) -> str:
@@ -400,7 +390,7 @@ class QueryEngine:
     def _cluster(self, ids: np.ndarray) -> np.ndarray:
         cfg = self.cfg
         if cfg.cluster_method == "dbscan":
-            return dbscan_open3d(self.index.means[ids], cfg.cluster_eps, cfg.cluster_min_points)
+            return dbscan_open3d(np.take(self.index.means, ids, axis=0), cfg.cluster_eps, cfg.cluster_min_points)
         if self.grid is None:  # eps = 0: no spatial splitting, one instance
             return np.zeros(ids.shape[0], dtype=np.int64)
         return self.grid.cluster(ids, cfg.cluster_min_points)
@@ -415,38 +405,46 @@ class QueryEngine:
         include_gaussians: bool,
     ) -> list[Instance]:
         idx, cfg = self.index, self.cfg
-        keep = labels >= 0
-        sizes = np.bincount(labels[keep]) if keep.any() else np.zeros(0, np.int64)
+        sizes = np.bincount(labels + 1)[1:]  # label -1 (noise) lands in the dropped slot 0
         big = sizes >= cfg.min_instance_gaussians  # smaller groups: floaters or fragments
-        keep &= np.append(big, False)[labels]
+        keep = np.append(big, False)[labels]  # -1 indexes the appended False
         if not keep.any():
             return []
-        remap = np.cumsum(big) - 1
-        labels = remap[labels[keep]]
-        ids, rel = ids[keep], rel[keep]
-        # Small non-negative ints: numpy's stable sort is then a linear-time radix sort.
-        order = np.argsort(labels.astype(np.int16 if big.sum() < 2**15 else np.int64), kind="stable")
-        ids, rel, labels = ids[order].astype(np.int64), rel[order], labels[order]
+        if not keep.all():
+            labels, ids, rel = labels[keep], ids[keep], rel[keep]
+        if big.sum() == 1:  # the common case: one instance, no grouping needed
+            labels = np.zeros(labels.shape[0], dtype=np.int64)
+        else:
+            labels = (np.cumsum(big) - 1)[labels]
+            # Small non-negative ints: numpy's stable sort is then a linear-time radix sort.
+            order = np.argsort(labels.astype(np.int16 if big.sum() < 2**15 else np.int64), kind="stable")
+            ids, rel, labels = ids[order], rel[order], labels[order]
+        ids = ids.astype(np.int64, copy=False)
         counts = np.bincount(labels)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         op = idx.opacities[ids]
-        means = idx.means[ids]
+        # np.take: row gathers through fancy indexing are several times slower.
+        means = np.take(idx.means, ids, axis=0)
         w_sum = np.maximum(np.add.reduceat(op, starts, dtype=np.float64), 1e-12)
-        centroids = np.add.reduceat(means * op[:, None], starts, axis=0, dtype=np.float64) / w_sum[:, None]
+        centroids = (
+            np.stack(
+                [op[s : s + n].astype(np.float64) @ means[s : s + n].astype(np.float64) for s, n in zip(starts, counts)]
+            )
+            / w_sum[:, None]
+        )
         scores = np.add.reduceat(rel * op, starts, dtype=np.float64) / w_sum
         lo = np.minimum.reduceat(means, starts, axis=0).astype(np.float64)
         hi = np.maximum.reduceat(means, starts, axis=0).astype(np.float64)
-        # Oriented boxes from (at most STATS_POINTS evenly strided) Gaussian centres per instance:
-        # the extreme centres a subsample misses lie within about one Gaussian spacing of it.
-        sub_rows, sub_starts = _strided_rows(starts, counts, STATS_POINTS)
-        boxes = segment_pca_boxes(means[sub_rows], sub_starts)
+        # Oriented boxes from (at most about STATS_POINTS evenly strided) Gaussian centres per
+        # instance: the extreme centres a subsample misses lie within about one Gaussian spacing.
+        boxes = [pca_box(means[s : s + n : -(-n // STATS_POINTS)]) for s, n in zip(starts, counts)]
         if spacing > 0:
             rng = np.random.default_rng(0)  # deterministic clouds for a given scene and query
             pts, pcols, pgrp = sample_surface(
                 means,
-                idx.quats[ids],
-                idx.scales[ids],
-                idx.colors[ids],
+                np.take(idx.quats, ids, axis=0),
+                np.take(idx.scales, ids, axis=0),
+                np.take(idx.colors, ids, axis=0),
                 spacing,
                 cfg.max_points_per_gaussian,
                 rng,
@@ -473,7 +471,12 @@ class QueryEngine:
             )
             if include_gaussians:
                 g = inst.gaussian_ids
-                inst.means, inst.quats, inst.scales = means[s : s + n], idx.quats[g], idx.scales[g]
-                inst.opacities, inst.colors, inst.relevance = op[s : s + n], idx.colors[g], rel[s : s + n]
+                inst.means, inst.quats = means[s : s + n], np.take(idx.quats, g, axis=0)
+                inst.scales = np.take(idx.scales, g, axis=0)
+                inst.opacities, inst.colors, inst.relevance = (
+                    op[s : s + n],
+                    np.take(idx.colors, g, axis=0),
+                    rel[s : s + n],
+                )
             out.append(inst)
         return out

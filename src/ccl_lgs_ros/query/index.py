@@ -90,7 +90,7 @@ class LevelCodes:
             raise ValueError("codes must be a 1-D integer array")
         if self.codes.size and (int(self.codes.min()) < 0 or int(self.codes.max()) >= cb.shape[0]):
             raise ValueError("codes refer to entries outside the codebook")
-        self.codes = self.codes.astype(_code_dtype(cb.shape[0]), copy=False)
+        self.codes = np.ascontiguousarray(self.codes.astype(_code_dtype(cb.shape[0]), copy=False))
         self.confidence = np.asarray(self.confidence, dtype=np.uint8)
         if self.confidence.shape != self.codes.shape:
             raise ValueError("confidence and codes must have the same length")
@@ -139,15 +139,16 @@ class SemanticIndex:
     frame_id: str = "world"
 
     def __post_init__(self) -> None:
-        self.means = np.asarray(self.means, dtype=np.float32).reshape(-1, 3)
+        # C-contiguous float32: row gathers of strided arrays are an order of magnitude slower.
+        self.means = np.ascontiguousarray(np.asarray(self.means, dtype=np.float32).reshape(-1, 3))
         n = self.means.shape[0]
-        self.quats = np.asarray(self.quats, dtype=np.float32).reshape(n, 4)
-        self.scales = np.asarray(self.scales, dtype=np.float32).reshape(n, 3)
-        self.opacities = np.asarray(self.opacities, dtype=np.float32).reshape(n)
+        self.quats = np.ascontiguousarray(np.asarray(self.quats, dtype=np.float32).reshape(n, 4))
+        self.scales = np.ascontiguousarray(np.asarray(self.scales, dtype=np.float32).reshape(n, 3))
+        self.opacities = np.ascontiguousarray(np.asarray(self.opacities, dtype=np.float32).reshape(n))
         colors = np.asarray(self.colors, dtype=np.float32)
         if colors.ndim == 3:  # SH coefficients [N, K, 3]: keep the view-independent colour
             colors = np.clip(0.5 + SH_C0 * colors[:, 0, :], 0.0, 1.0)
-        self.colors = colors.reshape(n, 3)
+        self.colors = np.ascontiguousarray(colors.reshape(n, 3))
         if not self.levels:
             raise ValueError("a semantic index needs at least one level")
         dims = {lv.codebook.shape[1] for lv in self.levels.values()}
