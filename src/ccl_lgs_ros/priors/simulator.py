@@ -112,7 +112,7 @@ class SimulatedTextEncoder:
         phrase = self._direction("phrase", " ".join(toks))
         if not toks:
             return phrase
-        words = _unit(sum(self._direction("word", t) for t in toks))
+        words = _unit(np.sum([self._direction("word", t) for t in toks], axis=0))
         return _unit(self._WORDS * words + self._PHRASE * phrase)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -449,6 +449,13 @@ class SimulatorBackend:
                 lp.labels = labels
 
 
+def _require_ids(capture: Capture, index: int) -> np.ndarray:
+    ids = capture.load_instances(index)
+    if ids is None:
+        raise ValueError(f"{capture.root}: frame {index} has no instance map (instances/ ground truth)")
+    return ids
+
+
 def _match_shape(ids: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if ids.shape == shape:
         return ids
@@ -492,7 +499,7 @@ def mask_inconsistency(capture: Capture, priors: Sequence[FramePriors], level: s
     for i, fp in enumerate(priors):
         lp = fp.levels[level]
         k = len(lp.labels)
-        ids = _match_shape(capture.load_instances(i), lp.masks.shape)
+        ids = _match_shape(_require_ids(capture, i), lp.masks.shape)
         dominant, _ = mask_objects(lp.masks, ids, k)
         gt_values, gt_index = _compact(ids)
         n_gt = len(gt_values)
@@ -516,7 +523,7 @@ def identity_error_rate(capture: Capture, priors: Sequence[FramePriors], level: 
     pairs = []
     for i, fp in enumerate(priors):
         lp = fp.levels[level]
-        ids = _match_shape(capture.load_instances(i), lp.masks.shape)
+        ids = _match_shape(_require_ids(capture, i), lp.masks.shape)
         dominant, _ = mask_objects(lp.masks, ids, len(lp.labels))
         pairs += [(int(g), int(lab)) for g, lab in zip(dominant, lp.labels) if lab >= 0]
     if not pairs:
@@ -546,7 +553,7 @@ def identity_switch_rate(capture: Capture, priors: Sequence[FramePriors], level:
     seq: dict[int, list[int]] = {}
     for i, fp in enumerate(priors):
         lp = fp.levels[level]
-        ids = _match_shape(capture.load_instances(i), lp.masks.shape)
+        ids = _match_shape(_require_ids(capture, i), lp.masks.shape)
         dominant, iou = mask_objects(lp.masks, ids, len(lp.labels))
         best: dict[int, tuple[float, int]] = {}
         for g, q, lab in zip(dominant, iou, lp.labels):

@@ -140,7 +140,7 @@ def compute_priors(
 
     meta = cache.read_meta(out_dir)
     same_version = meta is not None and meta.get("format_version") == cache.CACHE_VERSION
-    if not same_version or meta.get("frame_settings") != frame_settings:
+    if meta is None or not same_version or meta.get("frame_settings") != frame_settings:
         cache.clear(out_dir)  # other settings or version: nothing is reusable
     cache.clear(out_dir, keep_below=n)  # frames beyond the capture's end are stale
     todo = [i for i in range(n) if not cache.frame_is_valid(out_dir, i, digests[i], frame_settings)]
