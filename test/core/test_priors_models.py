@@ -205,3 +205,16 @@ def test_association_labels(backend, capture, priors, reseed):
         assert stats.fraction_labelled == 1.0  # every mask eventually seeds or joins an object
     else:
         assert stats.objects == k0 and stats.passes == 1 and 0.0 < stats.fraction_labelled <= 1.0
+
+
+def test_granularity_aware_prompting_needs_and_uses_depth(sam, clip, capture):
+    cfg = _cfg()
+    cfg.priors.granularity_aware, cfg.priors.points_per_side, cfg.priors.gags_patches = True, 4, 2
+    be = RealPriorsBackend(sam, None, clip, cfg.priors, "cpu")
+    with pytest.raises(ValueError, match="granularity_aware needs depth"):
+        be.frame_priors(capture, 0, ["sp"])
+    # All cameras see the plane z = -2 at the same distance: GAGS density equals the uniform grid's.
+    be.depth_source = lambda cap, i: np.full((H, W), 2.0, np.float32)
+    assert len(be._gags_points(capture, 1)) == 16
+    fp = be.frame_priors(capture, 1, ["sp"])
+    assert fp.levels["sp"].masks.shape == (H, W) and fp.levels["sp"].features.shape[0] > 0

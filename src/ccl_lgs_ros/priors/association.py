@@ -131,10 +131,12 @@ class AssociationStats:
 
 def _mask_iou(id_map: torch.Tensor, k: int, tracked: torch.Tensor) -> torch.Tensor:
     """IoU ``[K, N]`` between the frame's own masks (id map, K ids) and tracked masks ``bool [N, H, W]``."""
-    own = F.one_hot((id_map + 1).long().flatten(), k + 1)[:, 1:].float()  # [HW, K], -1 dropped
+    ids = id_map.flatten().long() + 1  # 0 = no mask
     trk = tracked.flatten(1).float()  # [N, HW]
-    inter = trk @ own  # [N, K]
-    union = own.sum(0)[None, :] + trk.sum(1)[:, None] - inter
+    # Intersections by scattering the tracked masks into the own ids (no [HW, K] one-hot).
+    inter = torch.zeros(trk.shape[0], k + 1, device=trk.device).index_add_(1, ids, trk)[:, 1:]  # [N, K]
+    own_area = torch.bincount(ids, minlength=k + 1)[1:].float()
+    union = own_area[None, :] + trk.sum(1)[:, None] - inter
     return (inter / union.clamp_min(1.0)).T
 
 
@@ -171,6 +173,8 @@ def associate_masks(
     """
     autocast = autocast or nullcontext()
     n = len(id_maps)
+    if len(frames) != n:
+        raise ValueError(f"{len(frames)} frames but {n} mask maps")
     stats = AssociationStats()
     counts = [int(m.max()) + 1 if m.size and m.max() >= 0 else 0 for m in id_maps]
     labels = [np.full(k, -1, dtype=np.int32) for k in counts]

@@ -257,6 +257,7 @@ def load_clip(
             spec["seed"] = seed
     else:
         weights = pretrained  # open_clip resolves the tag (its cache first, then the hub)
+        spec["allow_download"] = True
     rng = _seeded(seed if weights is None else None)
     try:
         net, _, _ = open_clip.create_model_and_transforms(model, pretrained=weights, device=device)
@@ -361,17 +362,16 @@ class RealPriorsBackend:
                 f"priors.granularity_aware needs depth for frame {index}: the capture has no depth image "
                 "and no rendered depth was provided (RealPriorsBackend.depth_source)"
             )
-        centres = capture.c2w_all()
-        views = [index] + [
-            int(j) for j in np.argsort(np.linalg.norm(centres[:, :3, 3] - centres[index, :3, 3], axis=1)) if j != index
-        ][:16]
+        c2ws = capture.c2w_all()
+        by_distance = np.argsort(np.linalg.norm(c2ws[:, :3, 3] - c2ws[index, :3, 3], axis=1))
+        views = [index] + [int(j) for j in by_distance if j != index][:16]  # nearest cameras bound the cost
         depths, Ks = [], []
         for j in views:
             d = depth if j == index else self._depth(capture, j)
             h, w = self.working_size(capture, j)
             Ks.append(capture.frames[j].intrinsics.scaled(w, h).K())
             depths.append(d if d is not None else np.zeros((h, w), np.float32))
-        d_min = min_depth_over_views(depths, np.stack(Ks), centres[views], 0, neighbours=len(views) - 1)
+        d_min = min_depth_over_views(depths, np.stack(Ks), c2ws[views], 0, neighbours=len(views) - 1)
         return granularity_points(
             depth,
             d_min,
