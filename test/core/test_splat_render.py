@@ -11,6 +11,15 @@ from ccl_lgs_ros.splat.project import eval_sh, project_gaussians
 from ccl_lgs_ros.splat.render import RenderError, rasterize, resolve_backend
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine two threads contend and run ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _look_at_viewmat(eye: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """World-to-camera (OpenCV: x right, y down, z forward) looking from eye at target."""
     z = torch.nn.functional.normalize(target - eye, dim=0)

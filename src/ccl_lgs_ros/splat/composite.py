@@ -68,34 +68,52 @@ def _tile_lists(
     return entry[order], tile[order]
 
 
+def _pixel_features(tile_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Monomials ``[u^2, v^2, u v, u, v, 1]`` of the pixel centres in tile-local coordinates. [P, 6]"""
+    ar = torch.arange(tile_size, device=device, dtype=dtype) + 0.5
+    v, u = torch.meshgrid(ar, ar, indexing="ij")
+    u, v = u.reshape(-1), v.reshape(-1)
+    return torch.stack([u * u, v * v, u * v, u, v, torch.ones_like(u)], dim=-1)
+
+
 def _blend_chunk(
     gids: Tensor,  # [T, K] entry ids (padding points at any valid entry)
     pad: Tensor,  # [T, K] bool, True where the slot is real
-    pix: Tensor,  # [T, P, 2] pixel centres
+    origin: Tensor,  # [T, 2] pixel coordinates of each tile's corner
+    feats: Tensor,  # [P, 6] pixel monomials (see _pixel_features)
     means2d: Tensor,  # [E, 2]
     conics: Tensor,  # [E, 3]
     opacities: Tensor,  # [E]
     colors: Tensor,  # [E, D]
 ) -> tuple[Tensor, Tensor]:
     """Blend one chunk of tiles. Returns colours [T, P, D] and alphas [T, P]."""
-    mu = means2d[gids]  # [T, K, 2]
+    mu = means2d[gids] - origin[:, None, :]  # [T, K, 2] tile-local centres
     con = conics[gids]  # [T, K, 3]
-    dx = pix[:, None, :, 0] - mu[..., 0:1]  # [T, K, P]
-    dy = pix[:, None, :, 1] - mu[..., 1:2]
-    sigma = 0.5 * (con[..., 0:1] * dx * dx + con[..., 2:3] * dy * dy) + con[..., 1:2] * dx * dy
-    alpha = torch.clamp_max(opacities[gids][..., None] * torch.exp(-sigma), MAX_ALPHA)
-    with torch.no_grad():
-        used = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD) & pad[..., None]
-    alpha = torch.where(used, alpha, torch.zeros_like(alpha))
+    a, b, c = con[..., 0], con[..., 1], con[..., 2]
+    mx, my = mu[..., 0], mu[..., 1]
+    # log(opacity) - sigma is a quadratic polynomial in the pixel coordinates, so one matmul
+    # against the pixel monomials evaluates it for every (Gaussian, pixel) pair. Tile-local
+    # coordinates keep the expansion well conditioned in float32. Padding slots get -1e4 (alpha 0).
+    log_op = torch.where(pad, torch.log(opacities[gids].clamp(min=1e-12)), torch.full_like(a, -1e4))
+    coef = torch.stack(
+        [
+            -0.5 * a, -0.5 * c, -b, a * mx + b * my, c * my + b * mx,
+            log_op - (0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my),
+        ],
+        dim=-1,
+    )  # fmt: skip  # [T, K, 6]
+    alpha = torch.clamp_max(torch.exp(coef @ feats.T), MAX_ALPHA)  # [T, K, P]
+    # The conic is positive definite by construction (det > 0 after the low-pass), so gsplat's
+    # "sigma < 0" skip never triggers; only the 1/255 threshold remains.
+    alpha = torch.where(alpha >= ALPHA_THRESHOLD, alpha, torch.zeros_like(alpha))
     log_keep = torch.log1p(-alpha)
     log_t_after = torch.cumsum(log_keep, dim=1)  # transmittance after each Gaussian (log)
     with torch.no_grad():
         # Transmittance never increases, so "after <= 1e-4" is a suffix: everything from the
         # Gaussian that crosses the cut-off on is dropped (gsplat's exclusive stop).
-        done = log_t_after <= math.log(MIN_TRANSMITTANCE)
-    weights = alpha * torch.exp(log_t_after - log_keep)  # alpha_i * T_before_i
-    weights = torch.where(done, torch.zeros_like(weights), weights)
-    out = torch.einsum("tkp,tkd->tpd", weights, colors[gids])
+        live = log_t_after > math.log(MIN_TRANSMITTANCE)
+    weights = torch.where(live, alpha * torch.exp(log_t_after - log_keep), torch.zeros_like(alpha))
+    out = torch.bmm(weights.transpose(1, 2), colors[gids])  # [T, P, D]
     return out, weights.sum(dim=1)
 
 
@@ -143,9 +161,7 @@ def composite(
     counts = torch.bincount(tile, minlength=n_tiles)  # [n_tiles]
     starts = torch.cumsum(counts, 0) - counts
 
-    # Pixel centres of tile 0; every tile adds its own offset.
-    ar = torch.arange(tile_size, device=device, dtype=dtype)
-    base = torch.stack(torch.meshgrid(ar, ar, indexing="xy"), dim=-1).reshape(P, 2) + 0.5  # (x, y)
+    feats = _pixel_features(tile_size, device, dtype)
 
     busy = torch.nonzero(counts).squeeze(1)
     busy = busy[torch.argsort(counts[busy], descending=True)]
@@ -159,16 +175,18 @@ def composite(
     i = 0
     while i < len(counts_l):
         K = counts_l[i]
-        n = max(1, min(len(counts_l) - i, pair_budget // max(K * P, 1)))
+        # Chunk tiles of similar list length (>= 3/4 of the longest) so padding stays small.
+        n = 1
+        while i + n < len(counts_l) and counts_l[i + n] * 4 >= K * 3 and (n + 1) * K * P <= pair_budget:
+            n += 1
         tiles = busy[i : i + n]
         slot = torch.arange(K, device=device)
         pad = slot[None, :] < counts[tiles][:, None]  # [n, K]
         idx = (starts[tiles][:, None] + slot[None, :]).clamp(max=max(entry.numel() - 1, 0))
         gids = torch.where(pad, entry[idx], entry[idx[:, :1]])  # pad with the tile's first entry
         local = tiles % (tiles_x * tiles_y)
-        offset = torch.stack([local % tiles_x, local // tiles_x], dim=-1).to(dtype) * tile_size  # [n, 2]
-        pix = base[None] + offset[:, None, :]  # [n, P, 2]
-        args = (gids, pad, pix, means2d, conics, opacities, colors)
+        origin = torch.stack([local % tiles_x, local // tiles_x], dim=-1).to(dtype) * tile_size  # [n, 2]
+        args = (gids, pad, origin, feats, means2d, conics, opacities, colors)
         if use_ckpt:
             c, a = checkpoint(_blend_chunk, *args, use_reentrant=False)
         else:
