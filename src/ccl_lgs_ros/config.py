@@ -79,6 +79,23 @@ class RgbConfig:
     checkpoint_every: int = _f(1000, "Write a resumable checkpoint every n steps.", min=1)
     background: str = _f("black", "Background colour for rendering.", choices=["black", "white"])
     seed: int = _f(0, "Random seed of the reconstruction.")
+    max_gaussians: int = _f(
+        1_000_000, "Densification stops growing once there are this many Gaussians (0 = no cap).", min=0
+    )
+    lr_means: float = _f(1.6e-4, "Adam learning rate of the means (scene units; decays to 1% at the end).", min=0.0)
+    lr_scales: float = _f(5e-3, "Adam learning rate of the log-scales.", min=0.0)
+    lr_quats: float = _f(1e-3, "Adam learning rate of the rotations.", min=0.0)
+    lr_opacities: float = _f(5e-2, "Adam learning rate of the opacity logits.", min=0.0)
+    lr_sh: float = _f(2.5e-3, "Adam learning rate of the SH DC colour (higher orders get 1/20 of it).", min=0.0)
+    refine_every: int = _f(
+        100, "Densify/prune every n steps (runs shorter than 20x this refine every iterations // 20).", min=1
+    )
+    refine_start_frac: float = _f(0.07, "Densification starts after this fraction of the iterations.", min=0.0, max=1.0)
+    refine_stop_frac: float = _f(0.8, "Densification stops after this fraction of the iterations.", min=0.0, max=1.0)
+    grow_grad2d: float = _f(0.0002, "Screen-space gradient above which a Gaussian is split or cloned.", min=0.0)
+    sh_interval: int = _f(
+        1000, "Raise the active SH degree every n steps (capped so the full degree is reached by mid-run).", min=1
+    )
 
 
 @dataclass
