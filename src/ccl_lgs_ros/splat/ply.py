@@ -1,0 +1,158 @@
+"""Export / import of Gaussians as ``.ply``, in the capture's world frame.
+
+- :func:`export_splat_ply`: the standard 3D Gaussian splatting layout read by common splat
+  viewers: ``x y z nx ny nz f_dc_0..2 f_rest_0.. opacity scale_0..2 rot_0..3`` (float32;
+  opacity as a logit, scales as logs, rotation w x y z, ``f_rest`` channel-major as in the
+  original 3DGS code).
+- :func:`export_point_cloud_ply`: Gaussian centres with their base colour (``x y z red green blue``).
+- :func:`import_splat_ply`: the inverse of :func:`export_splat_ply`.
+
+Gaussians are trained in the normalised scene frame; ``world_from_scene`` (a similarity) maps them
+back: means are transformed, log-scales shifted by ``log(scale)``, rotations pre-multiplied by the
+similarity's rotation (identity for this project's centre + scale normalisation). View-dependent
+SH coefficients are not rotated, which is exact whenever that rotation is the identity.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io import atomic_write_bytes
+from .gaussians import GaussianModel, sh0_to_rgb
+from .project import sh_degree_from_bases
+
+
+def _decompose_similarity(world_from_scene: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    T = np.asarray(world_from_scene, dtype=np.float64)
+    A = T[:3, :3]
+    scale = float(np.cbrt(np.linalg.det(A)))
+    if scale <= 0:
+        raise ValueError("world_from_scene must be a similarity with positive scale")
+    R = A / scale
+    if not np.allclose(R @ R.T, np.eye(3), atol=1e-6):
+        raise ValueError("world_from_scene is not a similarity (rotation x uniform scale + translation)")
+    return scale, R, T[:3, 3]
+
+
+def _rotmat_to_quat_wxyz(R: np.ndarray) -> np.ndarray:
+    from ..geometry import matrix_to_quat_xyzw
+
+    x, y, z, w = matrix_to_quat_xyzw(R)
+    return np.array([w, x, y, z])
+
+
+def _quat_mul_wxyz(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    aw, ax, ay, az = np.moveaxis(np.broadcast_to(a, b.shape), -1, 0)
+    bw, bx, by, bz = np.moveaxis(b, -1, 0)
+    return np.stack([
+        aw * bw - ax * bx - ay * by - az * bz,
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+    ], axis=-1)  # fmt: skip
+
+
+def world_arrays(model: GaussianModel, world_from_scene: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Raw parameters mapped to the world frame (float32): means, quats, log_scales, opacity_logits, sh0, shN."""
+    raw = model.state_arrays()
+    means = raw["means"].astype(np.float64)
+    quats = raw["quats"].astype(np.float64)
+    log_scales = raw["log_scales"].astype(np.float64)
+    if world_from_scene is not None:
+        scale, R, t = _decompose_similarity(world_from_scene)
+        means = scale * means @ R.T + t
+        log_scales = log_scales + np.log(scale)
+        if not np.allclose(R, np.eye(3)):
+            quats = _quat_mul_wxyz(_rotmat_to_quat_wxyz(R), quats)
+    return {
+        "means": means.astype(np.float32),
+        "quats": quats.astype(np.float32),
+        "log_scales": log_scales.astype(np.float32),
+        "opacity_logits": raw["opacity_logits"],
+        "sh0": raw["sh0"],
+        "shN": raw["shN"],
+    }
+
+
+def _write_ply(path: str | Path, vertex: np.ndarray) -> None:
+    from plyfile import PlyData, PlyElement
+
+    buf = io.BytesIO()
+    PlyData([PlyElement.describe(vertex, "vertex")], text=False).write(buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def export_splat_ply(path: str | Path, model: GaussianModel, world_from_scene: np.ndarray | None = None) -> int:
+    """Write the standard 3DGS ``.ply`` (world frame). Returns the number of Gaussians written."""
+    w = world_arrays(model, world_from_scene)
+    n = len(w["means"])
+    f_rest = np.transpose(w["shN"], (0, 2, 1)).reshape(n, -1)  # [N, 3*(K-1)], channel-major
+    names = (
+        ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+        + [f"f_rest_{i}" for i in range(f_rest.shape[1])]
+        + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    )
+    cols = np.concatenate(
+        [
+            w["means"], np.zeros((n, 3), np.float32), w["sh0"][:, 0, :], f_rest,
+            w["opacity_logits"][:, None], w["log_scales"], w["quats"],
+        ],
+        axis=1,
+    ).astype(np.float32)  # fmt: skip
+    vertex = np.empty(n, dtype=[(name, "f4") for name in names])
+    for i, name in enumerate(names):
+        vertex[name] = cols[:, i]
+    _write_ply(path, vertex)
+    return n
+
+
+def import_splat_ply(path: str | Path, device: str | torch.device = "cpu") -> GaussianModel:
+    """Read a 3DGS ``.ply`` (this project's or another trainer's) into a :class:`GaussianModel`."""
+    from plyfile import PlyData
+
+    v = PlyData.read(str(path))["vertex"]
+    names = v.data.dtype.names
+    n_rest = len([k for k in names if k.startswith("f_rest_")])
+    if n_rest % 3:
+        raise ValueError(f"{path}: {n_rest} f_rest properties is not a multiple of 3")
+    degree = sh_degree_from_bases(n_rest // 3 + 1)
+
+    def get(*keys: str) -> np.ndarray:
+        missing = [k for k in keys if k not in names]
+        if missing:
+            raise ValueError(f"{path}: missing 3DGS properties {missing}")
+        return np.stack([np.asarray(v[k], dtype=np.float32) for k in keys], axis=1)
+
+    n = len(v.data)
+    rest = get(*[f"f_rest_{i}" for i in range(n_rest)]) if n_rest else np.zeros((n, 0), np.float32)
+    params = {
+        "means": get("x", "y", "z"),
+        "quats": get("rot_0", "rot_1", "rot_2", "rot_3"),
+        "scales": get("scale_0", "scale_1", "scale_2"),
+        "opacities": get("opacity")[:, 0],
+        "sh0": get("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :],
+        "shN": np.transpose(rest.reshape(n, 3, n_rest // 3), (0, 2, 1)),
+    }
+    return GaussianModel({k: torch.as_tensor(np.ascontiguousarray(a)).to(device) for k, a in params.items()}, degree)
+
+
+def export_point_cloud_ply(
+    path: str | Path, model: GaussianModel, world_from_scene: np.ndarray | None = None, min_opacity: float = 0.0
+) -> int:
+    """Write Gaussian centres as a coloured point cloud (world frame). Returns the point count."""
+    w = world_arrays(model, world_from_scene)
+    keep = 1.0 / (1.0 + np.exp(-w["opacity_logits"].astype(np.float64))) >= min_opacity
+    pts = w["means"][keep]
+    rgb = (np.clip(sh0_to_rgb(w["sh0"][keep, 0, :]), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    vertex = np.empty(len(pts), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"),
+                                       ("blue", "u1")])  # fmt: skip
+    for i, k in enumerate("xyz"):
+        vertex[k] = pts[:, i]
+    for i, k in enumerate(("red", "green", "blue")):
+        vertex[k] = rgb[:, i]
+    _write_ply(path, vertex)
+    return len(pts)
