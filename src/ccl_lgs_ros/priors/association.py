@@ -24,6 +24,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +33,22 @@ import torch.nn.functional as F
 #: sam2's image normalisation (``sam2.utils.misc.load_video_frames`` defaults).
 _SAM2_MEAN = (0.485, 0.456, 0.406)
 _SAM2_STD = (0.229, 0.224, 0.225)
+
+
+class VideoTracker(Protocol):
+    """The part of sam2's video predictor the association uses."""
+
+    image_size: int
+
+    def init_state(self, video_path: Any) -> dict: ...
+
+    def reset_state(self, inference_state: dict) -> None: ...
+
+    def add_new_mask(self, inference_state: dict, frame_idx: int, obj_id: int, mask: Any) -> Any: ...
+
+    def propagate_in_video(
+        self, inference_state: dict, start_frame_idx: int | None = None
+    ) -> Iterator[tuple[int, list, torch.Tensor]]: ...
 
 
 def frame_order(c2ws: np.ndarray, timestamps: Sequence[float | None] | None = None) -> list[int]:
@@ -88,18 +105,18 @@ class VideoFrames:
 
 
 @contextmanager
-def _frames_loader(predictor: object, frames: VideoFrames, height: int, width: int) -> Iterator[None]:
+def _frames_loader(predictor: VideoTracker, frames: VideoFrames, height: int, width: int) -> Iterator[None]:
     """Let ``predictor.init_state`` take ``frames`` instead of reading a JPEG folder."""
     module = sys.modules[type(predictor).__module__]
     original = getattr(module, "load_video_frames", None)
     if original is None:  # not a sam2 predictor (a test double): nothing to redirect
         yield
         return
-    module.load_video_frames = lambda **_: (frames, height, width)
+    setattr(module, "load_video_frames", lambda **_: (frames, height, width))  # noqa: B010
     try:
         yield
     finally:
-        module.load_video_frames = original
+        setattr(module, "load_video_frames", original)  # noqa: B010
 
 
 @dataclass
@@ -141,7 +158,7 @@ def _mask_iou(id_map: torch.Tensor, k: int, tracked: torch.Tensor) -> torch.Tens
 
 
 def associate_masks(
-    predictor: object,
+    predictor: VideoTracker,
     frames: VideoFrames,
     id_maps: Sequence[np.ndarray],  # per frame in VIDEO order: int32 [H, W]
     *,
@@ -223,7 +240,7 @@ def associate_masks(
 
 
 def _track_pass(
-    predictor: object,
+    predictor: VideoTracker,
     state: dict,
     id_maps: Sequence[np.ndarray],
     labels: list[np.ndarray],
@@ -264,4 +281,4 @@ def _track_pass(
             labels[t][take] = ids[best[take]]
 
 
-__all__ = ["AssociationStats", "VideoFrames", "associate_masks", "frame_order"]
+__all__ = ["AssociationStats", "VideoFrames", "VideoTracker", "associate_masks", "frame_order"]

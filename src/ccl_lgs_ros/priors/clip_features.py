@@ -32,7 +32,7 @@ class OpenClip:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Any,
         tokenizer: Any,
         spec: dict,
         device: str | torch.device,

@@ -245,7 +245,7 @@ def load_clip(
     """
     import open_clip
 
-    spec = {"kind": "open_clip", "model": model, "pretrained": pretrained, "checkpoint": checkpoint}
+    spec: dict[str, Any] = {"kind": "open_clip", "model": model, "pretrained": pretrained, "checkpoint": checkpoint}
     if checkpoint or not allow_download:
         if checkpoint or pretrained:
             source = _CLIP_SOURCE.format(hub=_clip_hub_name(model, pretrained))
