@@ -47,7 +47,7 @@ def _schedule(rgb: RgbConfig) -> dict[str, int]:
     return {
         "refine_start": int(rgb.refine_start_frac * it),
         "refine_stop": int(rgb.refine_stop_frac * it),
-        "refine_every": max(1, min(rgb.refine_every, it // 20)),
+        "refine_every": max(1, min(rgb.refine_every, max(10, it // 20))),
         # The full SH degree is active by mid-run at the latest.
         "sh_interval": max(1, min(rgb.sh_interval, it // (2 * (rgb.sh_degree + 1)))),
     }
