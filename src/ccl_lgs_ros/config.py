@@ -88,7 +88,7 @@ class RgbConfig:
     lr_opacities: float = _f(5e-2, "Adam learning rate of the opacity logits.", min=0.0)
     lr_sh: float = _f(2.5e-3, "Adam learning rate of the SH DC colour (higher orders get 1/20 of it).", min=0.0)
     refine_every: int = _f(
-        100, "Densify/prune every n steps (runs shorter than 20x this refine every iterations // 20).", min=1
+        100, "Densify/prune every n steps (shorter runs: every max(10, iterations // 20) steps).", min=1
     )
     refine_start_frac: float = _f(0.07, "Densification starts after this fraction of the iterations.", min=0.0, max=1.0)
     refine_stop_frac: float = _f(0.8, "Densification stops after this fraction of the iterations.", min=0.0, max=1.0)
