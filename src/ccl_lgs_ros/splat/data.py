@@ -105,7 +105,7 @@ def load_view(
         img = img[..., :3] * a + np.asarray(background, dtype=np.float32) * (1.0 - a)
     K = intr.K()
     if intr.distorted:
-        img = cv2.undistort(img, K, np.asarray(intr.distortion[:5], dtype=np.float64))
+        img = np.asarray(cv2.undistort(img, K, np.asarray(intr.distortion[:5], dtype=np.float64)), dtype=np.float32)
     depth = capture.load_depth(i)
     depth_t = None
     if depth is not None:
@@ -138,6 +138,8 @@ def read_ply_points(path) -> tuple[np.ndarray, np.ndarray | None]:
 
 def backproject_depth(view: View, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``n`` random valid depth pixels of ``view`` as scene points ``[M,3]`` and colours ``[M,3]``."""
+    if view.depth is None:
+        return np.zeros((0, 3)), np.zeros((0, 3))
     depth = view.depth.cpu().numpy()
     vs, us = np.nonzero(depth > 0)
     if len(us) == 0:

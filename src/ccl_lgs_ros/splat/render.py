@@ -61,7 +61,7 @@ def rasterize(
     width: int,
     height: int,
     *,
-    backend: Backend = "auto",
+    backend: Backend | str = "auto",
     sh_degree: int | None = None,
     near_plane: float = 0.01,
     far_plane: float = 1e10,
@@ -162,6 +162,8 @@ def _rasterize_torch(
         eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
     )  # fmt: skip
     visible = (proj.radii > 0).any(dim=-1)  # [C, N]
+    camera_ids: Tensor | None = None
+    gaussian_ids: Tensor | None = None
     if packed:
         camera_ids, gaussian_ids = torch.nonzero(visible, as_tuple=True)
         means2d = proj.means2d[camera_ids, gaussian_ids]  # [nnz, 2]
@@ -170,7 +172,6 @@ def _rasterize_torch(
         radii = proj.radii[camera_ids, gaussian_ids]
         image_ids = camera_ids
     else:
-        camera_ids = gaussian_ids = None
         means2d, conics, depths, radii = proj.means2d, proj.conics, proj.depths, proj.radii
         image_ids = torch.arange(C, device=means.device).repeat_interleave(N)
     # gsplat's DefaultStrategy reads means2d.grad: it must be the very tensor the compositing uses.
