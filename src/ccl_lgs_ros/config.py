@@ -182,6 +182,13 @@ class FieldConfig:
         0.0, "Weight of the CGC 3D spatial-similarity regulariser (0 = off; on for 'cgc').", min=0.0
     )
     spatial_knn: int = _f(8, "Neighbours of the spatial regulariser.", min=1)
+    batch_views: int = _f(1, "Training views rendered together per field step.", min=1)
+    codebook_frames_per_batch: int = _f(
+        8, "Frames whose masks form one codebook minibatch (pull/push pairs span them).", min=1
+    )
+    gags_entropy: float = _f(0.1, "GAGS: weight of the granularity-entropy term.", min=0.0)
+    gags_consistency: float = _f(0.1, "GAGS: weight of the in-mask feature-consistency term.", min=0.0)
+    checkpoint_every: int = _f(1000, "Write a resumable field checkpoint every n steps.", min=1)
     seed: int = _f(0, "Random seed of codebook and field.")
 
 
