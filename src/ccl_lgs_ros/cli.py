@@ -121,7 +121,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.out is not None:
         from .query.export import export_result
 
-        data["files"] = export_result(result, scene.index, args.out)
+        data["files"] = export_result(args.out, scene.index, result)
     if args.json:
         _print_json(data)
     else:

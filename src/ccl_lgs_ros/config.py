@@ -268,6 +268,18 @@ class NodeConfig:
     initial_scene: str = _f("", "Scene loaded at start (serve-only robots).")
     train_preset: str = _f("default", "Preset used by the train action when the goal names none.")
     publish_rate: float = _f(1.0, "Rate (Hz) of status and scene-cloud republishing.", min=0.0)
+    sensor_qos: str = _f(
+        "sensor_data",
+        "QoS of the image/depth/camera_info subscriptions: 'sensor_data' (best effort, matches every "
+        "camera driver) or 'reliable' (no drops; needs a reliable publisher, e.g. the replay tool).",
+        choices=["sensor_data", "reliable"],
+    )
+    capture_on_start: bool = _f(True, "Start capturing keyframes when the node starts (not in serve-only mode).")
+    depth_max_gap: float = _f(0.02, "Largest stamp difference (s) between a colour image and its depth image.", min=0.0)
+    min_train_keyframes: int = _f(3, "The train action refuses captures with fewer keyframes.", min=1)
+    max_pending_images: int = _f(
+        8, "Images kept while waiting for a newer pose (pose-topic mode); older ones are dropped.", min=0
+    )
 
 
 @dataclass

@@ -125,7 +125,7 @@ def load_scene(path: str | Path, device: str = "cpu", query_cfg: Any = None) -> 
 def export_scene(scene_dir: str | Path, out: str | Path) -> dict[str, str]:
     """Export the RGB Gaussians as a standard 3DGS ``.ply`` and a coloured point cloud (world frame)."""
     from .splat.gaussians import GaussianModel
-    from .splat.ply import write_3dgs_ply, write_point_cloud_ply
+    from .splat.ply import export_point_cloud_ply, export_splat_ply
 
     scene_dir = Path(scene_dir)
     record = _scene_record(scene_dir)
@@ -135,6 +135,6 @@ def export_scene(scene_dir: str | Path, out: str | Path) -> dict[str, str]:
     world_from_scene = np.asarray(record["world_from_scene"], dtype=np.float64)
     splats = out / "gaussians_3dgs.ply"
     cloud = out / "cloud.ply"
-    write_3dgs_ply(splats, model, world_from_scene=world_from_scene)
-    write_point_cloud_ply(cloud, model, world_from_scene=world_from_scene)
+    export_splat_ply(splats, model, world_from_scene=world_from_scene)
+    export_point_cloud_ply(cloud, model, world_from_scene=world_from_scene)
     return {"gaussians": str(splats), "cloud": str(cloud)}
