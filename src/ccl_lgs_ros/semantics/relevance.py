@@ -1,0 +1,191 @@
+"""2D relevance of text queries: render the field for a camera, decode, compare with text.
+
+As in LERF / LangSplat (METHOD.md, CCL-LGS step 6): every pixel takes a CLIP-space vector
+(``ccl``/``cgc``: the prototype ``T[argmax]`` of the decoded distribution; ``gags``: the decoded
+vector itself); with ``s = cos(vector, phi(text))`` its relevance is
+``min_k softmax(10 * [s_pos, s_neg_k])[0] = min_k sigmoid(10 (s_pos - s_neg_k))`` over the
+canonical negatives (``query.negatives``). For codebook methods the relevance is computed once per
+prototype and looked up per pixel.
+
+Level selection (several levels): the level whose smoothed map ``0.5 (r + box30(r))`` has the
+highest maximum (LangSplat's rule), see :func:`pick_level`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..capture.format import Capture, write_image
+from ..io import read_json
+from .model import SemanticField
+from .views import FieldView, FrozenGaussians, camera_view, render_features
+
+#: LERF's softmax temperature of the relevance.
+RELEVANCE_TEMPERATURE = 10.0
+#: Box-filter size of the LERF-OVS smoothing (pixels).
+SMOOTH_SIZE = 30
+
+
+def relevance_scores(
+    vectors: np.ndarray,  # [M, D] unit
+    positive: np.ndarray,  # [D] unit
+    negatives: np.ndarray,  # [K, D] unit
+    temperature: float = RELEVANCE_TEMPERATURE,
+) -> np.ndarray:
+    """``min_k softmax(T [s_pos, s_neg_k])[0]`` for each row: ``float32 [M]`` in (0, 1)."""
+    v = np.asarray(vectors, dtype=np.float32)
+    s_pos = v @ np.asarray(positive, dtype=np.float32)
+    s_neg = v @ np.asarray(negatives, dtype=np.float32).reshape(-1, v.shape[1]).T  # [M, K]
+    if s_neg.shape[1] == 0:
+        return np.ones_like(s_pos)
+    diff = np.clip(temperature * (s_pos[:, None] - s_neg), -60.0, 60.0)
+    return (1.0 / (1.0 + np.exp(-diff))).min(axis=1).astype(np.float32)
+
+
+def box_filter(x: np.ndarray, size: int = SMOOTH_SIZE) -> np.ndarray:
+    """Mean over a ``size x size`` window (OpenCV's reflected border), float32."""
+    return cv2.blur(np.asarray(x, dtype=np.float32), (size, size))
+
+
+def smooth_relevance(x: np.ndarray, size: int = SMOOTH_SIZE) -> np.ndarray:
+    """LERF-OVS smoothing: ``0.5 * (x + box_filter(x))``."""
+    x = np.asarray(x, dtype=np.float32)
+    return 0.5 * (x + box_filter(x, size))
+
+
+def pick_level(maps: dict[str, np.ndarray], size: int = SMOOTH_SIZE) -> str:
+    """The level whose smoothed relevance map has the highest maximum."""
+    return max(maps, key=lambda lv: float(smooth_relevance(maps[lv], size).max()))
+
+
+@torch.no_grad()
+def render_field(
+    field: SemanticField, gaussians: FrozenGaussians, views: Sequence[FieldView], backend: str = "auto"
+) -> dict[str, torch.Tensor]:
+    """Rendered features per level ``[B, H, W, d_f]`` (all levels in one rasterization)."""
+    feats = [torch.as_tensor(field.features[lv], dtype=torch.float32, device=gaussians.means.device)
+             for lv in field.levels]  # fmt: skip
+    out = render_features(gaussians, torch.cat(feats, dim=1), views, backend)
+    maps, start = {}, 0
+    for lv, f in zip(field.levels, feats):
+        maps[lv] = out[..., start : start + f.shape[1]]
+        start += f.shape[1]
+    return maps
+
+
+@torch.no_grad()
+def pixel_codes(field: SemanticField, level: str, rendered: torch.Tensor) -> np.ndarray:
+    """Codebook index per pixel ``int64 [..., H, W]`` of rendered features ``[..., H, W, d_f]``."""
+    return field.logits(level, rendered.cpu()).argmax(-1).numpy()
+
+
+@torch.no_grad()
+def relevance_maps(
+    field: SemanticField,
+    rendered: dict[str, torch.Tensor],  # level -> [B, H, W, d_f]
+    text_embeddings: np.ndarray,  # [Q, D] unit, the queries
+    negative_embeddings: np.ndarray,  # [K, D] unit
+) -> dict[str, np.ndarray]:
+    """Relevance per level: ``float32 [B, Q, H, W]``."""
+    out = {}
+    queries = np.asarray(text_embeddings, dtype=np.float32).reshape(-1, field.dim)
+    for lv, feats in rendered.items():
+        b, h, w = feats.shape[:3]
+        if field.method == "gags":
+            vec = field.vectors(lv, feats.cpu()).reshape(-1, field.dim).numpy()
+            rel = np.stack([relevance_scores(vec, q, negative_embeddings) for q in queries])  # [Q, BHW]
+            out[lv] = rel.reshape(len(queries), b, h, w).transpose(1, 0, 2, 3)
+        else:
+            codes = pixel_codes(field, lv, feats)  # [B, H, W]
+            tables = np.stack([relevance_scores(field.codebooks[lv], q, negative_embeddings) for q in queries])
+            out[lv] = tables[:, codes].transpose(1, 0, 2, 3)  # [B, Q, H, W]
+    return out
+
+
+def heatmap_image(relevance: np.ndarray) -> np.ndarray:
+    """``[H, W]`` relevance in 0..1 -> RGB ``uint8 [H, W, 3]`` (turbo colour map)."""
+    u8 = np.clip(np.asarray(relevance, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
+
+
+def write_relevance_pngs(out_dir: str | Path, name: str, relevance: np.ndarray, mask: np.ndarray) -> tuple[Path, Path]:
+    """Write ``<name>_relevance.png`` (heatmap) and ``<name>_mask.png`` (0/255) atomically."""
+    out_dir = Path(out_dir)
+    heat, mpath = out_dir / f"{name}_relevance.png", out_dir / f"{name}_mask.png"
+    write_image(heat, heatmap_image(relevance))
+    m = np.asarray(mask).astype(bool).astype(np.uint8) * 255
+    write_image(mpath, np.repeat(m[..., None], 3, axis=2))
+    return heat, mpath
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a query."""
+    keep = "".join(c if c.isalnum() or c in "-_" else "_" for c in text.strip())
+    return keep[:64] or "query"
+
+
+class RelevanceRenderer:
+    """A trained scene ready to render relevance maps for capture cameras.
+
+    Loads the field, the frozen Gaussians, ``scene_from_world`` and the text encoder recorded with
+    the scene (``scene.json`` ``text_encoder``, else the priors cache's ``meta.json``).
+    """
+
+    def __init__(self, scene_dir: str | Path, negatives: Sequence[str], device: str = "cpu", backend: str = "auto",
+                 text_encoder=None) -> None:  # noqa: ANN001 - any priors.types.TextEncoder  # fmt: skip
+        from .field import load_field, load_scene_from_world
+
+        scene_dir = Path(scene_dir)
+        self.field = load_field(scene_dir)
+        self.gaussians = FrozenGaussians.load(scene_dir / "rgb" / "gaussians.npz", device)
+        self.scene_from_world = load_scene_from_world(scene_dir / "rgb")
+        self.device = device
+        self.backend = backend
+        if text_encoder is None:
+            from ..priors.stage import build_text_encoder
+
+            spec = None
+            if (scene_dir / "scene.json").is_file():
+                spec = read_json(scene_dir / "scene.json").get("text_encoder")
+            if spec is None:
+                spec = read_json(scene_dir / "priors" / "meta.json")["text_encoder"]
+            text_encoder = build_text_encoder(spec, device)
+        self.text_encoder = text_encoder
+        self.negatives = list(negatives)
+        self._neg = unit_rows(text_encoder.encode_text(self.negatives)) if self.negatives else np.zeros((0, 1))
+
+    def maps(
+        self, capture: Capture, index: int, texts: Sequence[str], width: int | None = None, height: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Relevance of each text for frame ``index``: ``level -> float32 [Q, H, W]``."""
+        view = camera_view(capture, index, self.scene_from_world, width, height, self.device)
+        rendered = render_field(self.field, self.gaussians, [view], self.backend)
+        emb = unit_rows(self.text_encoder.encode_text(list(texts)))
+        neg = self._neg if len(self._neg) else np.zeros((0, emb.shape[1]), np.float32)
+        return {lv: m[0] for lv, m in relevance_maps(self.field, rendered, emb, neg).items()}
+
+
+__all__ = [
+    "RelevanceRenderer",
+    "box_filter",
+    "heatmap_image",
+    "pick_level",
+    "pixel_codes",
+    "relevance_maps",
+    "relevance_scores",
+    "render_field",
+    "safe_name",
+    "smooth_relevance",
+    "unit_rows",
+    "write_relevance_pngs",
+]
