@@ -23,7 +23,6 @@ from ccl_lgs_ros.synth import generate_scene
 def tiny_cfg(method: str = "ccl", iterations: int = 150) -> Config:
     cfg = Config()
     cfg.priors.backend = "simulator"
-    cfg.priors.sim_dim = 64
     cfg.rgb.backend = "torch"
     cfg.rgb.holdout_every = 4
     cfg.field.method = method
