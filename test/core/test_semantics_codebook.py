@@ -18,6 +18,15 @@ from ccl_lgs_ros.semantics.codebook import (
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny tensors: a second intra-op thread only adds synchronisation (on a loaded machine, a lot).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _unit(*v: float) -> list[float]:
     a = np.asarray(v, dtype=np.float64)
     return (a / np.linalg.norm(a)).tolist()
