@@ -312,6 +312,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rgb.sh_degree": 1,
         "rgb.checkpoint_every": 100,
         "rgb.max_init_points": 6000,
+        "rgb.max_gaussians": 10000,
+        # Depth back-projection already gives a dense start; one densification step on a short
+        # run can multiply the count tenfold, which costs more than it gains on 2 CPU cores.
+        "rgb.densify": False,
         "field.iterations": 300,
         "field.codebook_iterations": 300,
         "field.codebook_size": 32,
