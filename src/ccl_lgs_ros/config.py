@@ -199,7 +199,18 @@ class QueryConfig:
     negatives: list = _f(
         ["object", "things", "stuff", "texture"], "Canonical negative phrases of the relevance."
     )
-    threshold: float = _f(0.5, "Relevance above which a Gaussian is selected.", min=0.0, max=1.0)
+    threshold: float = _f(
+        0.55,
+        "Absolute relevance floor: a Gaussian is selected only above it, and a query whose best "
+        "relevance stays below it finds nothing (0.5 = no better than a negative phrase).",
+        min=0.0, max=1.0,
+    )
+    relative_threshold: float = _f(
+        0.7,
+        "A Gaussian is also selected only when its margin over 0.5 reaches this fraction of the "
+        "best Gaussian's margin (relevance >= 0.5 + f * (best - 0.5)).",
+        min=0.0, max=1.0,
+    )
     min_opacity: float = _f(0.1, "Gaussians less opaque than this are ignored.", min=0.0, max=1.0)
     cluster_eps: float = _f(0.05, "DBSCAN neighbourhood radius in metres (world frame).", min=0.0)
     cluster_min_points: int = _f(10, "DBSCAN minimum points of a core Gaussian.", min=1)

@@ -40,19 +40,32 @@ def _run(capture: Capture, corruption: float, levels=("sp", "wp"), **kw) -> list
 
 def test_text_encoder_space() -> None:
     enc = SimulatedTextEncoder(dim=512, seed=0)
-    q = enc.encode_text(["red mug", "The red mug", "mug", "blue box", "object", "things", "zorblax", "RED MUG!"])
+    phrases = ["red mug", "The red mug", "mug", "blue box", "object", "things", "zorblax", "RED MUG!"]
+    q = enc.encode_text(phrases)
     assert q.dtype == np.float32 and q.shape == (8, 512)
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
-    sim = q @ q.T
+    sem = np.stack([enc.semantic(p) for p in phrases])
+    sim = sem @ sem.T
     assert sim[0, 1] > 0.999 and sim[0, 7] > 0.999  # case, punctuation and articles ignored
     assert 0.3 < sim[0, 2] < 0.8  # shares a word: partly similar
     for j in (3, 4, 5, 6):
         assert abs(sim[0, j]) < 0.3  # unrelated phrases and unknown words
+    # Modality gap as in CLIP: an image feature of a red mug is closest to "red mug", at a
+    # CLIP-like cosine, and every other phrase (negatives included) sits well below it.
+    image = enc.to_image_space(enc.semantic("red mug"))
+    cos = q @ image
+    assert 0.35 < cos[0] < 0.6
+    assert cos[2] < cos[0] - 0.1  # "mug": partial
+    for j in (3, 4, 5, 6):
+        assert cos[j] < cos[2] and 0.05 < cos[j] < 0.3
+    # LERF relevance against a negative does not saturate: the ordering survives softmax(10 x).
+    rel = 1.0 / (1.0 + np.exp(-10.0 * (cos - cos[4])))
+    assert rel[0] > rel[2] + 0.1 > rel[3] + 0.1
     # Deterministic and rebuildable from its spec; another seed is another space.
     again = build_text_encoder(enc.spec())
     np.testing.assert_array_equal(again.encode_text(["red mug"]), q[:1])
-    other = SimulatedTextEncoder(dim=512, seed=1).encode_text(["red mug"])
-    assert float(other[0] @ q[0]) < 0.3
+    other = SimulatedTextEncoder(dim=512, seed=1)
+    assert float(other.semantic("red mug") @ sem[0]) < 0.3
     assert enc.encode_text([]).shape == (0, 512)
 
 
@@ -73,12 +86,12 @@ def test_no_corruption_masks_equal_instance_maps(scene: Capture) -> None:
             pairs = np.unique(np.stack([lp.masks.ravel(), ids.ravel()]), axis=1)
             assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
             assert lp.masks.min() >= 0
-            # Without noise, an object's feature is its label's text embedding.
+            # Without noise, an object's feature is its label's direction in image space.
             dominant, iou = mask_objects(lp.masks, ids, len(lp.labels))
             np.testing.assert_allclose(iou, 1.0)
             for m, g in enumerate(dominant):
                 if g in labels:
-                    ref = enc.encode_text([labels[g]])[0]
+                    ref = enc.to_image_space(enc.semantic(labels[g]))
                     assert float(lp.features[m].astype(np.float32) @ ref) > 0.99
         # Perfect association: one consistent label per object across frames and levels.
     for level in ALL_LEVELS:
@@ -144,8 +157,11 @@ def test_impure_masks_mix_features(scene: Capture) -> None:
             gts = gts[big]
             if len(gts) != 2 or 0 in gts or labels[gts[0]] == labels[gts[1]]:
                 continue
-            sims = enc.encode_text([labels[g] for g in gts]) @ lp.features[m].astype(np.float32)
-            assert (sims > 0.2).all() and (sims < 0.95).all()
+            # Compared without the shared image direction: a mixed mask resembles both objects.
+            feat = lp.features[m].astype(np.float64)
+            sims = np.stack([enc.to_image_space(enc.semantic(labels[g])) for g in gts]) @ feat
+            pure = enc.to_image_space(enc.semantic(labels[gts[0]])) @ enc.to_image_space(enc.semantic(labels[gts[1]]))
+            assert (sims > pure + 0.02).all() and (sims < 0.99).all()
             checked += 1
     assert checked > 0
 

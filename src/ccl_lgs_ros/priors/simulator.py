@@ -12,6 +12,12 @@ What it simulates:
   (a hash of the word seeds a Gaussian vector); a phrase is the normalised sum of its words'
   vectors plus a phrase-specific component. "red mug" matches itself, is partly similar to "mug"
   and unrelated to "blue box", "object" or unknown words, which is what relevance scoring needs.
+  Like CLIP's, the space has a *modality gap*: every text embedding shares a common "text"
+  direction and every image feature a common "image" direction (slightly aligned with each
+  other), so image-text cosines sit in CLIP's narrow range (~0.47 for the matching label, ~0.17
+  for unrelated text, negatives included) rather than near 1 and 0. Without it LERF's
+  ``softmax(10 * [s_pos, s_neg])`` saturates and labels that share a word become
+  indistinguishable.
 - **SAM masks**, three raw granularities ``s``/``p``/``w`` and the CCL-LGS merged sets
   ``sp``/``wp``: the instance map with view-dependent corruption of strength
   ``priors.sim_corruption``: objects split into parts (more at the sub-part level), merge with a
@@ -40,7 +46,7 @@ from ..capture.format import Capture
 from ..config import Config, PriorsConfig
 from .types import FramePriors, LevelPriors
 
-SIM_VERSION = 1
+SIM_VERSION = 2
 RAW_LEVELS = ("s", "p", "w")
 MERGED_LEVELS = ("sp", "wp")
 ALL_LEVELS = RAW_LEVELS + MERGED_LEVELS
@@ -80,6 +86,9 @@ class SimulatedTextEncoder:
     kind = "simulator"
     #: Weight of the words' shared directions vs. the phrase's own direction.
     _WORDS, _PHRASE = 0.85, 0.5
+    #: Modality gap: share of the semantic direction in a text embedding (the rest is the
+    #: common text direction), in an image feature, and the cosine of the two common directions.
+    TEXT_SEMANTIC, IMAGE_SEMANTIC, MODALITY_COSINE = 0.5, 0.6, 0.25
 
     def __init__(self, dim: int = 512, seed: int = 0) -> None:
         if dim < 2:
@@ -106,14 +115,33 @@ class SimulatedTextEncoder:
         words = re.findall(r"[a-z0-9]+", text.lower())
         return [w for w in words if w not in _STOPWORDS] or words
 
-    def embed(self, text: str) -> np.ndarray:
-        """``float64 [D]`` unit embedding of one phrase."""
+    def semantic(self, text: str) -> np.ndarray:
+        """``float64 [D]`` unit semantic direction of one phrase (no modality component)."""
         toks = self.tokens(text)
         phrase = self._direction("phrase", " ".join(toks))
         if not toks:
             return phrase
         words = _unit(np.sum([self._direction("word", t) for t in toks], axis=0))
         return _unit(self._WORDS * words + self._PHRASE * phrase)
+
+    def _modality(self, which: str) -> np.ndarray:
+        image = self._direction("modality", "image")
+        if which == "image":
+            return image
+        other = self._direction("modality", "text")
+        other = _unit(other - np.dot(other, image) * image)
+        c = self.MODALITY_COSINE
+        return c * image + np.sqrt(1.0 - c * c) * other
+
+    def embed(self, text: str) -> np.ndarray:
+        """``float64 [D]`` unit text embedding of one phrase."""
+        a = self.TEXT_SEMANTIC
+        return _unit(a * self.semantic(text) + np.sqrt(1.0 - a * a) * self._modality("text"))
+
+    def to_image_space(self, semantic: np.ndarray) -> np.ndarray:
+        """Unit image features ``[..., D]`` from semantic directions ``[..., D]``."""
+        a = self.IMAGE_SEMANTIC
+        return _unit(a * _unit(semantic) + np.sqrt(1.0 - a * a) * self._modality("image"))
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """``float32 [Q, D]`` unit vectors."""
@@ -330,7 +358,7 @@ class SimulatorBackend:
         if vecs is None:
             d = self._encoder.dim
             dr = np.random.default_rng(_hash_seed("drift", self.cfg.sim_seed, g))
-            vecs = (self._encoder.embed(label), _unit(dr.standard_normal(d)), _unit(dr.standard_normal(d)))
+            vecs = (self._encoder.semantic(label), _unit(dr.standard_normal(d)), _unit(dr.standard_normal(d)))
             self._object_cache[key] = vecs
         return vecs
 
@@ -369,7 +397,7 @@ class SimulatorBackend:
         # A part of an object looks less like the whole object to CLIP.
         if split.any():
             feats += split[:, None] * 0.3 * _unit(rng.standard_normal((k, d)))
-        return _unit(feats).astype(np.float16)
+        return self._encoder.to_image_space(feats).astype(np.float16)
 
     def frame_priors(self, capture: Capture, index: int, levels: Sequence[str]) -> FramePriors:
         labels, background = self._labels(capture)

@@ -365,7 +365,11 @@ class QueryEngine:
     def _select_level(self, name: str, table: np.ndarray, thr: float) -> tuple[np.ndarray, float]:
         lk = self._levels[name]
         best = float(table[lk.present].max()) if lk.present.any() else 0.0
-        codes = np.flatnonzero((table > thr) & lk.present)
+        # 0.5 is the relevance of text that matches a code no better than a generic negative
+        # does; a code must also come close to the best code's margin over that point, or a
+        # query would pick up every code that drifts slightly above 0.5.
+        floor = max(thr, 0.5 + self.cfg.relative_threshold * (best - 0.5))
+        codes = np.flatnonzero((table > thr) & (table >= floor) & lk.present)
         parts = [lk.sorted_ids[lk.offsets[c] : lk.offsets[c + 1]] for c in codes]
         ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         return ids, best
