@@ -190,6 +190,13 @@ class FieldConfig:
     gags_consistency: float = _f(0.1, "GAGS: weight of the in-mask feature-consistency term.", min=0.0)
     checkpoint_every: int = _f(1000, "Write a resumable field checkpoint every n steps.", min=1)
     seed: int = _f(0, "Random seed of codebook and field.")
+    query_codes: str = _f(
+        "lifted",
+        "Per-Gaussian codes of the query index: 'decoded' (each Gaussian's feature through the "
+        "decoder), 'lifted' (2D index maps voted onto Gaussians through their rendering weights) "
+        "or 'combined' (lifted where a Gaussian was seen with a clear majority, else decoded).",
+        choices=["decoded", "lifted", "combined"],
+    )
 
 
 @dataclass

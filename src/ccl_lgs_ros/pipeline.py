@@ -141,7 +141,7 @@ def train(capture_path: str | Path, scene_dir: str | Path, cfg: Config, stages: 
         _announce("index", "building the 3D query index")
         from .scene import build_query_index
 
-        index_stats = build_query_index(scene_dir, capture.frame_id)
+        index_stats = build_query_index(scene_dir, capture.frame_id, capture=capture, cfg=cfg, device=device)
         done["field"] = {"digest": _stage_digest(cfg, "field", cap_digest), "seconds": time.monotonic() - t0,
                          "metrics": metrics, "index": index_stats}
     record["seconds_total_last_run"] = time.monotonic() - t_all

@@ -49,8 +49,52 @@ def _scene_record(scene_dir: Path) -> dict[str, Any]:
     return record
 
 
-def build_query_index(scene_dir: str | Path, frame_id: str) -> dict[str, Any]:
-    """Turn the trained field into the world-frame :class:`~.query.index.SemanticIndex`."""
+def _lifted_codes(scene_dir: Path, capture: Any, cfg: Any, levels: list[str], device: str) -> dict[str, Any]:
+    """Per level, each Gaussian's code voted from the 2D index maps of the training views through
+    its rendering weights (:func:`~.query.lift.lift_labels`); CCL-LGS only (needs the codebook's
+    per-mask codes)."""
+    from .io import load_npz
+    from .priors.stage import load_priors
+    from .query.lift import lift_labels
+    from .semantics.field import load_scene_from_world
+    from .semantics.views import FrozenGaussians, supervised_views
+    from .splat.data import split_indices
+
+    arrays = load_npz(scene_dir / "field" / "codebook.npz")
+    priors, _ = load_priors(scene_dir / "priors")
+    n = len(priors)
+    codes: dict[str, list[np.ndarray]] = {}
+    for lv in levels:
+        flat, counts = arrays[f"codes.{lv}"], arrays[f"counts.{lv}"]
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        codes[lv] = [flat[bounds[i] : bounds[i + 1]] for i in range(n)]
+    train_idx, _ = split_indices(len(capture.frames), cfg.rgb.holdout_every)
+    views = supervised_views(capture, priors, train_idx, load_scene_from_world(scene_dir / "rgb"), levels, codes,
+                             "cpu")
+    g = FrozenGaussians.load(scene_dir / "rgb" / "gaussians.npz", device)
+    out = {}
+    for lv in levels:
+        use = [v for v in views if lv in v.targets]
+        if not use:
+            continue
+        out[lv] = lift_labels(
+            g.means, g.quats, g.scales, g.opacities, np.stack([v.viewmat.numpy() for v in use]),
+            np.stack([v.K.numpy() for v in use]), [v.targets[lv].numpy() for v in use],
+            int(arrays[f"codebook.{lv}"].shape[0]), backend=cfg.rgb.backend, device=device,
+        )
+    return out
+
+
+def build_query_index(scene_dir: str | Path, frame_id: str, capture: Any = None, cfg: Any = None,
+                      device: str = "cpu") -> dict[str, Any]:
+    """Turn the trained field into the world-frame :class:`~.query.index.SemanticIndex`.
+
+    Per-Gaussian codes come from ``field.query_codes``: ``decoded`` (each Gaussian's own feature
+    through the decoder, the paper's field), ``lifted`` (votes of the 2D index maps through the
+    Gaussian's rendering weights) or ``combined`` (lifted where a Gaussian was seen with a
+    clear majority, decoded elsewhere). Lifting needs the capture and config; without them, or
+    for the ``gags`` / ``cgc`` variants, codes are decoded.
+    """
     from .query.index import LevelCodes, SemanticIndex
     from .semantics import per_gaussian_code_probs
     from .splat.gaussians import GaussianModel
@@ -60,6 +104,26 @@ def build_query_index(scene_dir: str | Path, frame_id: str) -> dict[str, Any]:
     gaussians = GaussianModel.load(scene_dir / "rgb" / "gaussians.npz").to_numpy()
     probs, codebooks = per_gaussian_code_probs(scene_dir)
     levels = {name: LevelCodes.from_probs(probs[name], codebooks[name]) for name in probs}
+    mode = cfg.field.query_codes if cfg is not None else "decoded"
+    stats: dict[str, Any] = {"query_codes": mode}
+    if mode != "decoded" and cfg is not None and capture is not None and cfg.field.method == "ccl":
+        lifted = _lifted_codes(scene_dir, capture, cfg, list(levels), device)
+        for name, lift in lifted.items():
+            lifted_codes = lift.to_level_codes(codebooks[name])
+            if mode == "lifted":
+                levels[name] = lifted_codes
+                continue
+            sure = (lift.share >= 0.5) & (lift.total_weight >= 1e-3)
+            dec = levels[name]
+            levels[name] = LevelCodes(
+                codes=np.where(sure, lifted_codes.codes, dec.codes),
+                confidence=np.where(sure, lifted_codes.confidence, dec.confidence),
+                codebook=codebooks[name],
+            )
+            stats[f"lifted_fraction_{name}"] = float(sure.mean()) if sure.size else 0.0
+            stats[f"agreement_{name}"] = float((lifted_codes.codes[sure] == dec.codes[sure]).mean()) if sure.any() else None
+    else:
+        stats["query_codes"] = "decoded"
     index = SemanticIndex.from_scene_arrays(
         means=gaussians["means"], quats=gaussians["quats"], scales=gaussians["scales"],
         opacities=gaussians["opacities"], colors=gaussians["colors"], levels=levels,
@@ -67,7 +131,7 @@ def build_query_index(scene_dir: str | Path, frame_id: str) -> dict[str, Any]:
     )
     index.save(scene_dir / QUERY_INDEX)
     return {"gaussians": index.num_gaussians, "levels": list(levels),
-            "bytes_per_gaussian": index.semantic_bytes_per_gaussian()}
+            "bytes_per_gaussian": index.semantic_bytes_per_gaussian(), **stats}
 
 
 @dataclass
