@@ -1,0 +1,214 @@
+"""The mapping node: capture -> train (separate process) -> serve ``/semantic_query``.
+
+Parts (one process by default, each in its own module):
+
+- :class:`~.params.ConfigParameters`: every config field as a validated ROS parameter;
+- :class:`~.capture_part.CaptureFrontend`: sensor subscriptions -> keyframes on disk;
+- :class:`~.query_part.SceneServer`: the served scene, ``/semantic_query``, RViz clouds/markers;
+- :class:`~.train_part.TrainAction`: the ``~/train`` action.
+
+Services: ``/semantic_query`` (absolute, remappable), ``~/load_scene``, ``~/set_capture``,
+``~/get_status``; topic ``~/status`` (MapperStatus at ``node.publish_rate``). Spun by a
+multi-threaded executor; SIGINT/SIGTERM shut it down cleanly (a running trainer is stopped;
+every capture write is atomic, so the folder is always consistent).
+
+Run: ``ros2 run ccl_lgs mapping_node --ros-args --params-file config/ccl_lgs.yaml`` (or
+``python -m ccl_lgs_ros.ros.mapping_node``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+from ..capture.writer import CaptureWriteError
+from ..paths import PathRefused, resolve_inside
+from .capture_part import CaptureFrontend, ThrottledLog
+from .params import ConfigParameters
+from .query_part import SceneServer
+from .train_part import TrainAction
+
+NODE_NAME = "ccl_lgs_mapper"
+
+
+class MappingNode(Node):
+    """See the module docstring."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        from ccl_lgs_interfaces.msg import MapperStatus
+        from ccl_lgs_interfaces.srv import GetStatus, LoadScene, SetCapture
+
+        self.params = ConfigParameters(self, on_change=self._on_param_change)
+        self.cfg = self.params.cfg
+        ncfg = self.cfg.node
+        self.bad = ThrottledLog(self.get_logger())
+        self.last_error = ""
+        self.capture: CaptureFrontend | None = None
+        if not ncfg.serve_only:
+            self.capture = CaptureFrontend(self, self.cfg, self.bad)
+            try:
+                self._check_capture_dir(ncfg.capture_dir)
+                self.capture.open(ncfg.capture_dir)
+                self.capture.enabled = bool(ncfg.capture_on_start)
+            except (CaptureWriteError, PathRefused, OSError, ValueError) as exc:
+                self._error(f"capture disabled: {exc}")
+        tf_buffer = self.capture.tf_buffer if self.capture is not None else _tf_buffer_for(self)
+        self.server = SceneServer(self, self.cfg, tf_buffer)
+        self.trainer = TrainAction(self, self.cfg, self.capture, self.server)
+        control = MutuallyExclusiveCallbackGroup()
+        self.create_service(LoadScene, "~/load_scene", self._on_load_scene, callback_group=control)
+        self.create_service(SetCapture, "~/set_capture", self._on_set_capture, callback_group=control)
+        self.create_service(GetStatus, "~/get_status", self._on_get_status, callback_group=control)
+        self.status_pub = self.create_publisher(MapperStatus, "~/status", 10)
+        self.status_timer = None
+        if ncfg.publish_rate > 0:
+            # The only periodic work: no busy loop, so an idle node costs (almost) no CPU.
+            self.status_timer = self.create_timer(1.0 / ncfg.publish_rate, self._publish_status, callback_group=control)
+        if ncfg.initial_scene:
+            try:
+                self.server.load(ncfg.initial_scene)  # the operator's own setting: not confined
+            except Exception as exc:  # noqa: BLE001 - SceneError, OSError: keep running, report it
+                self._error(f"initial scene {ncfg.initial_scene!r} not loaded: {exc}")
+        mode = "serve-only" if ncfg.serve_only else f"capturing={self.capture.enabled if self.capture else False}"
+        self.get_logger().info(f"{NODE_NAME} ready ({mode}); /semantic_query is up")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _error(self, message: str) -> None:
+        self.last_error = message
+        self.get_logger().error(message)
+
+    def _check_capture_dir(self, path: str) -> None:
+        """The configured capture folder must itself lie inside the allowed roots."""
+        resolve_inside(path, self.cfg.node.allowed_roots, what="capture folder")
+
+    def _on_param_change(self, name: str, value: Any) -> None:
+        if self.capture is not None:
+            self.capture.config_changed(name)
+
+    def status_msg(self) -> Any:
+        from ccl_lgs_interfaces.msg import MapperStatus
+
+        msg = MapperStatus()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self.cfg.node.fixed_frame
+        cap = self.capture
+        msg.capturing = bool(cap is not None and cap.enabled and cap.session is not None)
+        msg.num_keyframes = cap.num_keyframes if cap is not None else 0
+        msg.capture_dir = cap.folder if cap is not None else ""
+        msg.training = bool(self.trainer.training)
+        msg.training_stage = self.trainer.stage
+        msg.training_progress = float(self.trainer.progress)
+        scene = self.server.scene
+        msg.scene_loaded = scene is not None
+        msg.scene_path = str(scene.path) if scene is not None else ""
+        msg.scene_gaussians = int(scene.num_gaussians) if scene is not None else 0
+        errors = [self.trainer.last_error, cap.last_error if cap is not None else "", self.last_error]
+        msg.last_error = next((e for e in errors if e), "")
+        return msg
+
+    # ------------------------------------------------------------------ services
+
+    def _publish_status(self) -> None:
+        self.status_pub.publish(self.status_msg())
+
+    def _on_get_status(self, req: Any, resp: Any) -> Any:
+        resp.status = self.status_msg()
+        return resp
+
+    def _on_load_scene(self, req: Any, resp: Any) -> Any:
+        resp.success = False
+        try:
+            path = resolve_inside(req.path, self.cfg.node.allowed_roots, must_exist=True, what="scene folder")
+            loaded = self.server.load(path)
+        except PathRefused as exc:
+            resp.message = f"refused: {exc}"
+            return resp
+        except Exception as exc:  # noqa: BLE001 - SceneError, OSError, ValueError: report, keep serving
+            resp.message = f"scene not loaded (the previous scene is still served): {exc}"
+            return resp
+        resp.success, resp.num_gaussians = True, int(loaded.num_gaussians)
+        resp.message = f"loaded {loaded.path}"
+        return resp
+
+    def _on_set_capture(self, req: Any, resp: Any) -> Any:
+        resp.success = False
+        cap = self.capture
+        if cap is None:
+            resp.message = "serve-only mode: this node does not capture"
+            return resp
+        if req.capture_dir:
+            try:
+                folder = resolve_inside(req.capture_dir, self.cfg.node.allowed_roots, what="capture folder")
+                cap.open(folder)
+            except (PathRefused, CaptureWriteError, OSError) as exc:
+                resp.message = f"refused: {exc}"
+                resp.num_keyframes = cap.num_keyframes
+                return resp
+        if req.enable and cap.session is None:
+            resp.message = "no capture folder is open; name one in capture_dir"
+            return resp
+        cap.enabled = bool(req.enable)
+        resp.success, resp.num_keyframes = True, cap.num_keyframes
+        resp.message = f"capture {'on' if cap.enabled else 'off'} in {cap.folder}"
+        return resp
+
+    def shutdown(self) -> None:
+        """Stop the trainer and capture; called once on the way out."""
+        if self.capture is not None:
+            self.capture.enabled = False
+        self.trainer.shutdown()
+
+
+def _tf_buffer_for(node: Node) -> Any:
+    from .capture_part import HAVE_TF2
+
+    if not HAVE_TF2:
+        return None
+    import tf2_ros
+
+    buf = tf2_ros.Buffer()
+    node._tf_listener = tf2_ros.TransformListener(buf, node, spin_thread=True)  # kept alive with the node
+    return buf
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args if args is not None else sys.argv)  # SIGINT and SIGTERM shut the context down
+    node = None
+    executor = MultiThreadedExecutor(num_threads=4)
+    code = 0
+    try:
+        node = MappingNode()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:  # noqa: BLE001 - report start-up failures plainly
+        print(f"mapping_node: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        if node is not None:
+            node.shutdown()
+            # The context may already be shut down (signal): no rosout, plain stderr.
+            print(
+                f"mapping_node: shut down cleanly ({node.capture.num_keyframes if node.capture else 0} "
+                "keyframes in the capture)",
+                file=sys.stderr,
+                flush=True,
+            )
+        executor.shutdown(timeout_sec=10.0)
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

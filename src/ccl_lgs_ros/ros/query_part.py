@@ -1,0 +1,187 @@
+"""Serving part of the mapping node: the current scene, ``/semantic_query`` and RViz outputs.
+
+The loaded scene is one immutable :class:`~ccl_lgs_ros.scene.LoadedScene` object held in
+:attr:`SceneServer.scene`; a new scene is built completely (outside any lock) and then swapped in
+with one reference assignment, so a query either sees the old scene or the new one, never a
+half-loaded scene. Queries run in their own callback group (a multi-threaded executor runs them
+next to capture); the engine itself is guarded by a lock because its embedding cache is shared.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+from ..config import Config
+from . import conversions as conv
+
+#: Hard cap on the query text the service looks at, whatever query.max_query_chars says: a
+#: 10,000-character request is refused before any work is done.
+HARD_MAX_QUERY_CHARS = 4096
+
+#: Requests the query service queues (clients calling at the same time).
+SERVICE_QUEUE_DEPTH = 256
+
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class RequestError(ValueError):
+    """A bad query request; the message goes back to the caller."""
+
+
+def check_request(req: Any, max_chars: int) -> None:
+    """Validate the request fields before touching the scene. Raises :class:`RequestError`."""
+    text = req.query
+    if not isinstance(text, str):
+        raise RequestError("query must be text")
+    n = len(text)
+    if n > min(max_chars, HARD_MAX_QUERY_CHARS):
+        raise RequestError(f"query is {n} characters long; at most {min(max_chars, HARD_MAX_QUERY_CHARS)} are accepted")
+    if not text.strip():
+        raise RequestError("query is empty: give a phrase such as 'red mug'")
+    if "\ufffd" in text:
+        raise RequestError("query contains U+FFFD replacement characters (text that was not valid UTF-8)")
+    bad = [c for c in text if unicodedata.category(c)[0] == "C"]
+    if bad:
+        raise RequestError(f"query contains control or non-printable characters {[hex(ord(c)) for c in bad[:5]]}")
+    if not any(c.isalnum() for c in text):
+        raise RequestError("query has no letters or digits")
+    for name in ("threshold", "point_spacing"):
+        v = float(getattr(req, name))
+        if not math.isfinite(v):
+            raise RequestError(f"{name} is {v}; give a finite number (0 = the node's default)")
+        if v < 0:
+            raise RequestError(f"{name} is negative ({v}); give a value >= 0 (0 = the node's default)")
+    if req.threshold > 1:
+        raise RequestError(f"threshold is {req.threshold}; relevance thresholds lie in [0, 1] (0 = default)")
+    if len(req.negatives) > 64:
+        raise RequestError(f"{len(req.negatives)} negatives given; at most 64 are accepted")
+    for neg in req.negatives:
+        if len(neg) > min(max_chars, HARD_MAX_QUERY_CHARS) or not neg.strip():
+            raise RequestError("every negative phrase must be non-empty and no longer than the query limit")
+
+
+class SceneServer:
+    """Holds the served scene and answers queries. Owned by the mapping node."""
+
+    def __init__(self, node: Node, cfg: Config, tf_buffer: Any = None) -> None:
+        from ccl_lgs_interfaces.srv import SemanticQuery
+        from sensor_msgs.msg import PointCloud2
+        from visualization_msgs.msg import MarkerArray
+
+        self.node = node
+        self.cfg = cfg
+        self.tf_buffer = tf_buffer
+        self.scene: Any = None  # scene.LoadedScene, swapped atomically
+        self._engine_lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self.queries_answered = 0
+        self.group = MutuallyExclusiveCallbackGroup()
+        self.scene_pub = node.create_publisher(PointCloud2, "~/scene_cloud", LATCHED)
+        self.query_pub = node.create_publisher(PointCloud2, "~/query_cloud", LATCHED)
+        self.marker_pub = node.create_publisher(MarkerArray, "~/query_markers", LATCHED)
+        # The default service queue keeps the last 10 requests: with more clients calling at once
+        # the oldest requests would be dropped unanswered. Keep enough for a burst of clients.
+        self.srv = node.create_service(
+            SemanticQuery,
+            "/semantic_query",
+            self.handle_query,
+            callback_group=self.group,
+            qos_profile=QoSProfile(depth=SERVICE_QUEUE_DEPTH, reliability=ReliabilityPolicy.RELIABLE),
+        )
+
+    # ------------------------------------------------------------------ scenes
+
+    def load(self, path: str | Path) -> Any:
+        """Load a scene folder completely, then swap it in. Raises SceneError / OSError / ValueError."""
+        from ..scene import load_scene
+
+        with self._load_lock:  # two loads at once would only waste memory
+            loaded = load_scene(Path(path), device=self.cfg.device, query_cfg=self.cfg.query)
+            self.scene = loaded  # the atomic swap: one reference assignment
+        self.publish_scene_cloud()
+        self.node.get_logger().info(f"serving scene {loaded.path} ({loaded.num_gaussians} Gaussians)")
+        return loaded
+
+    def publish_scene_cloud(self) -> None:
+        scene = self.scene
+        if scene is None:
+            return
+        pts, cols = scene.scene_cloud()
+        header = conv.make_header(scene.frame_id, self.node.get_clock().now().to_msg())
+        self.scene_pub.publish(conv.arrays_to_cloud(pts, header, colors=cols))
+
+    # ------------------------------------------------------------------ queries
+
+    def _target_transform(self, target: str, scene_frame: str) -> np.ndarray | None:
+        """``target_from_scene`` or None (identity). Raises RequestError for unknown frames."""
+        target = target.strip().lstrip("/")
+        if not target or target == scene_frame.lstrip("/"):
+            return None
+        if len(target) > 256 or any(c.isspace() for c in target):
+            raise RequestError("target_frame is not a valid frame name")
+        if self.tf_buffer is None:
+            raise RequestError(
+                f"unknown target_frame {target!r}: tf2_ros is not available on this node, so only the scene "
+                f"frame {scene_frame!r} (or an empty target_frame) can be served"
+            )
+        try:
+            from rclpy.duration import Duration
+            from rclpy.time import Time
+
+            tf = self.tf_buffer.lookup_transform(target, scene_frame, Time(), timeout=Duration(seconds=0.2))
+            return conv.transform_to_matrix_msg(tf.transform)
+        except Exception as exc:  # noqa: BLE001 - tf2 raises several exception types
+            raise RequestError(f"unknown target_frame {target!r}: no transform from {scene_frame!r} ({exc})") from None
+
+    def handle_query(self, req: Any, resp: Any) -> Any:
+        t0 = time.perf_counter()
+        resp.success = False
+        try:
+            self._answer(req, resp)
+        except RequestError as exc:
+            resp.message = str(exc)
+        except ValueError as exc:  # QueryError and other input problems found by the engine
+            resp.message = f"invalid query: {exc}"
+        except Exception as exc:  # noqa: BLE001 - the service must answer, whatever happened
+            self.node.get_logger().error(f"semantic_query failed: {type(exc).__name__}: {exc}")
+            resp.message = f"internal error: {type(exc).__name__}: {exc}"
+        if not resp.success:
+            resp.found = False
+            resp.instances = []
+        resp.query_time_ms = float((time.perf_counter() - t0) * 1e3)
+        self.queries_answered += 1
+        return resp
+
+    def _answer(self, req: Any, resp: Any) -> None:
+        check_request(req, self.cfg.query.max_query_chars)
+        scene = self.scene  # read once: a swap during this query does not affect it
+        if scene is None:
+            raise RequestError("no scene is loaded yet: train one (~/train action) or load one (~/load_scene)")
+        T = self._target_transform(req.target_frame, scene.frame_id)
+        frame = req.target_frame.strip().lstrip("/") or scene.frame_id
+        with self._engine_lock:
+            result = scene.engine.query(
+                req.query.strip(),
+                negatives=[n for n in req.negatives] or None,
+                threshold=float(req.threshold) if req.threshold > 0 else None,
+                max_instances=int(req.max_instances),
+                point_spacing=float(req.point_spacing) if req.point_spacing > 0 else None,
+                include_gaussians=bool(req.include_gaussians),
+            )
+        header = conv.make_header(frame, self.node.get_clock().now().to_msg())
+        conv.fill_query_response(resp, result, header, T, include_gaussians=bool(req.include_gaussians))
+        self.query_pub.publish(resp.cloud)
+        self.marker_pub.publish(conv.instances_to_markers(resp.instances, header))
+
+
+__all__ = ["HARD_MAX_QUERY_CHARS", "LATCHED", "RequestError", "SceneServer", "check_request"]

@@ -1,0 +1,178 @@
+"""The ``~/train`` action of the mapping node (``ccl_lgs_interfaces/action/TrainScene``).
+
+On a goal: the capture is snapshotted (hard links, :meth:`CaptureWriter.snapshot`), then
+``ccl-lgs train SNAPSHOT SCENE`` runs as a separate process through
+:class:`~ccl_lgs_ros.supervisor.TrainerProcess` (argument list, ``CCL_LGS_PROGRESS=json``) while
+the node keeps capturing and answering queries. Its progress lines become feedback; a cancel
+request stops it (SIGTERM, then SIGKILL); a crash aborts the goal with the reason; success loads
+the new scene and swaps it in atomically (:class:`~.query_part.SceneServer`).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.node import Node
+
+from ..config import Config, ConfigError
+from ..supervisor import TrainerProcess, TrainProgress, train_command
+from .capture_part import CaptureFrontend
+from .query_part import SceneServer
+
+
+class TrainAction:
+    """Action server and the state the status message reports."""
+
+    def __init__(self, node: Node, cfg: Config, capture: CaptureFrontend | None, server: SceneServer) -> None:
+        from ccl_lgs_interfaces.action import TrainScene
+
+        self.node = node
+        self.cfg = cfg
+        self.capture = capture
+        self.server = server
+        self.TrainScene = TrainScene
+        self.training = False
+        self.stage = ""
+        self.progress = 0.0
+        self.last_error = ""
+        self.trainer: TrainerProcess | None = None
+        self._busy = threading.Lock()
+        self._stopping = threading.Event()
+        self.action = ActionServer(
+            node,
+            TrainScene,
+            "~/train",
+            execute_callback=self._execute,
+            goal_callback=self._on_goal,
+            cancel_callback=lambda _goal: CancelResponse.ACCEPT,
+            callback_group=ReentrantCallbackGroup(),
+        )
+
+    def _on_goal(self, goal: Any) -> GoalResponse:
+        # Goals are accepted and refused in execute with a reason (a rejection carries none).
+        return GoalResponse.ACCEPT
+
+    def shutdown(self) -> None:
+        """Stop a running trainer (node shutdown)."""
+        self._stopping.set()
+        trainer = self.trainer
+        if trainer is not None and trainer.running:
+            trainer.cancel(grace=3.0)
+
+    def _result(self, success: bool, message: str, scene_path: str = "", t0: float | None = None) -> Any:
+        res = self.TrainScene.Result()
+        res.success, res.message, res.scene_path = success, message, scene_path
+        res.duration_s = float(time.monotonic() - t0) if t0 is not None else 0.0
+        if not success:
+            self.last_error = message
+            self.node.get_logger().error(f"train: {message}")
+        return res
+
+    def _execute(self, goal_handle: Any) -> Any:
+        if not self._busy.acquire(blocking=False):
+            goal_handle.abort()
+            return self._result(False, "a training run is already in progress; cancel it or wait")
+        try:
+            return self._run(goal_handle)
+        finally:
+            self.training = False
+            self.trainer = None
+            self._busy.release()
+
+    def _run(self, goal_handle: Any) -> Any:
+        t0 = time.monotonic()
+        goal = goal_handle.request
+        ncfg = self.cfg.node
+        if self.capture is None or self.capture.session is None:
+            goal_handle.abort()
+            return self._result(False, "no capture to train on (serve-only mode or no capture folder open)")
+        n = self.capture.num_keyframes
+        if n < ncfg.min_train_keyframes:
+            goal_handle.abort()
+            return self._result(False, f"the capture has {n} keyframes; at least {ncfg.min_train_keyframes} are needed")
+        run = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
+        scene_root = Path(ncfg.scene_dir).expanduser()
+        snapshot_dir = scene_root / ".captures" / run
+        scene_dir = scene_root / run
+        try:
+            argv = train_command(
+                snapshot_dir,
+                scene_dir,
+                preset=goal.preset or ncfg.train_preset,
+                device=goal.device or ncfg.device,
+                method=goal.method or None,
+                overrides=list(goal.overrides),
+            )
+        except ConfigError as exc:
+            goal_handle.abort()
+            return self._result(False, f"invalid goal: {exc}")
+        try:
+            self.capture.snapshot(snapshot_dir)
+        except Exception as exc:  # noqa: BLE001 - CaptureWriteError, OSError
+            goal_handle.abort()
+            return self._result(False, f"cannot snapshot the capture: {exc}")
+        feedback: queue.Queue[TrainProgress] = queue.Queue()
+        trainer = TrainerProcess(argv, on_progress=feedback.put)
+        self.training, self.stage, self.progress, self.last_error = True, "starting", 0.0, ""
+        self.node.get_logger().info(f"train: {n} keyframes -> {scene_dir} ({' '.join(argv[3:])})")
+        try:
+            trainer.start()
+        except OSError as exc:
+            goal_handle.abort()
+            return self._result(False, f"cannot start the trainer: {exc}", t0=t0)
+        self.trainer = trainer
+        outcome = None
+        while outcome is None:
+            outcome = trainer.wait(timeout=0.2)
+            self._publish_feedback(goal_handle, feedback)
+            if outcome is None and (goal_handle.is_cancel_requested or self._stopping.is_set()):
+                trainer.cancel(grace=5.0)
+        self._publish_feedback(goal_handle, feedback)
+        if outcome.cancelled:
+            if goal_handle.is_cancel_requested:
+                goal_handle.canceled()
+            else:
+                goal_handle.abort()
+            self.stage = "cancelled"
+            return self._result(False, "training cancelled; the capture continues", str(scene_dir), t0)
+        if not outcome.success:
+            goal_handle.abort()
+            self.stage = "failed"
+            return self._result(False, f"{outcome.message}; the capture continues", str(scene_dir), t0)
+        self.stage = "loading"
+        try:
+            self.server.load(scene_dir)
+        except Exception as exc:  # noqa: BLE001 - SceneError, OSError, ValueError
+            goal_handle.abort()
+            self.stage = "failed"
+            return self._result(False, f"training finished but the scene does not load: {exc}", str(scene_dir), t0)
+        self.stage, self.progress = "done", 1.0
+        goal_handle.succeed()
+        return self._result(True, f"scene trained from {n} keyframes and loaded", str(scene_dir), t0)
+
+    def _publish_feedback(self, goal_handle: Any, items: queue.Queue) -> None:
+        last = None
+        while True:
+            try:
+                last = items.get_nowait()
+            except queue.Empty:
+                break
+        if last is None:
+            return
+        self.stage, self.progress = last.stage, last.fraction
+        fb = self.TrainScene.Feedback()
+        fb.stage, fb.progress, fb.eta_s = last.stage, float(last.fraction), float(last.eta_s)
+        fb.message = last.message or f"{last.stage} {last.step}/{last.total}"
+        try:
+            goal_handle.publish_feedback(fb)
+        except Exception as exc:  # noqa: BLE001 - a goal handle gone stale must not stop training
+            self.node.get_logger().debug(f"feedback not published: {exc}")
+
+
+__all__ = ["TrainAction"]
