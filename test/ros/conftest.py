@@ -28,6 +28,9 @@ def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook 
     here = Path(__file__).resolve().parent
     for item in items:
         if here in Path(str(item.fspath)).resolve().parents:
+            # Modules with ROS_REQUIRED = False (static checks) run without ROS as well.
+            if not getattr(item.module, "ROS_REQUIRED", True):
+                continue
             item.add_marker(pytest.mark.ros)
             if ROS_SKIP_REASON is not None:
                 item.add_marker(pytest.mark.skip(reason=ROS_SKIP_REASON))

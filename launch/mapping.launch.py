@@ -1,0 +1,95 @@
+"""Launch the ccl_lgs mapping node (capture -> train -> /semantic_query), optionally with RViz.
+
+    ros2 launch ccl_lgs mapping.launch.py
+    ros2 launch ccl_lgs mapping.launch.py pose_source:=topic pose_topic:=/odom device:=cpu rviz:=true
+    ros2 launch ccl_lgs mapping.launch.py serve_only:=true initial_scene:=~/.ros/ccl_lgs/scenes/lab
+
+Every node setting lives in the params file (default: the package's config/ccl_lgs.yaml, all
+parameters with their defaults). The arguments below override single parameters; an argument
+left empty keeps the params file's value.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = "ccl_lgs"
+
+#: launch argument -> (ROS parameter it overrides, description). Empty default = params file.
+OVERRIDES = {
+    "image_topic": ("node.image_topic", "Colour image topic (sensor_msgs/Image or .../compressed)."),
+    "camera_info_topic": ("node.camera_info_topic", "CameraInfo topic of the colour image."),
+    "depth_topic": ("node.depth_topic", "Aligned depth image topic (16UC1 mm or 32FC1 m); empty = none."),
+    "pose_source": ("node.pose_source", "'tf' (camera optical frame in fixed_frame via TF) or 'topic'."),
+    "pose_topic": ("node.pose_topic", "Pose topic when pose_source is 'topic'."),
+    "pose_topic_type": ("node.pose_topic_type", "PoseStamped, Odometry or TransformStamped."),
+    "fixed_frame": ("node.fixed_frame", "The robot's fixed frame (map / odom); all outputs are in it."),
+    "device": ("node.device", "Device of the training process: cuda, cuda:1 or cpu."),
+    "capture_dir": ("node.capture_dir", "Capture folder the node writes keyframes into."),
+    "scene_dir": ("node.scene_dir", "Folder trained scenes are written to."),
+    "serve_only": ("node.serve_only", "true: do not capture, only serve a scene trained elsewhere."),
+    "initial_scene": ("node.initial_scene", "Scene folder loaded at start (serve-only robots)."),
+}
+
+
+def _node(context, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - OpaqueFunction signature
+    overrides = {}
+    for arg, (param, _) in OVERRIDES.items():
+        value = LaunchConfiguration(arg).perform(context).strip()
+        if not value:
+            continue
+        if param == "node.serve_only":
+            overrides[param] = value.lower() in ("1", "true", "yes", "on")
+        else:
+            overrides[param] = value
+    use_sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() in ("1", "true", "yes", "on")
+    return [
+        Node(
+            package=PACKAGE,
+            executable="mapping_node",
+            name="ccl_lgs_mapper",
+            output="screen",
+            emulate_tty=True,
+            parameters=[LaunchConfiguration("params_file").perform(context), overrides, {"use_sim_time": use_sim_time}],
+        )
+    ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = get_package_share_directory(PACKAGE)
+    args = [
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=os.path.join(share, "config", "ccl_lgs.yaml"),
+            description="ROS 2 params file with every node parameter (default: the package's config/ccl_lgs.yaml).",
+        ),
+        *[
+            DeclareLaunchArgument(name, default_value="", description=desc + " Empty = params file.")
+            for name, (_, desc) in OVERRIDES.items()
+        ],
+        DeclareLaunchArgument(
+            "use_sim_time", default_value="false", description="Use /clock (true when replaying a bag with --clock)."
+        ),
+        DeclareLaunchArgument("rviz", default_value="false", description="Also start RViz with config/ccl_lgs.rviz."),
+        DeclareLaunchArgument(
+            "rviz_config",
+            default_value=os.path.join(share, "config", "ccl_lgs.rviz"),
+            description="RViz configuration file.",
+        ),
+    ]
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        name="rviz2",
+        arguments=["-d", LaunchConfiguration("rviz_config")],
+        condition=IfCondition(LaunchConfiguration("rviz")),
+        output="screen",
+    )
+    return LaunchDescription([*args, OpaqueFunction(function=_node), rviz])
