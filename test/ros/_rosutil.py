@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import yaml
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
 REPO = Path(__file__).resolve().parents[2]
@@ -214,3 +215,33 @@ def write_blob_scene(
     for lbl, c in zip(labels, centers):
         gt.setdefault(lbl, []).append(list(c))
     return {"centers": gt, "object_id": scene.object_id, "means": scene.means}
+
+
+def write_params(path: Path, params: dict) -> Path:
+    """A ROS 2 params file (``/**: ros__parameters: ...``), nested by section."""
+    nested: dict = {}
+    for key, value in params.items():
+        section, _, name = key.rpartition(".")
+        (nested.setdefault(section, {}) if section else nested)[name] = value
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": nested}}))
+    return path
+
+
+def start_mapper(procs: RosProcesses, tmp: Path, root: Path, extra: dict | None = None, name: str = "mapper"):
+    params = {
+        "device": "cpu",
+        "node.pose_source": "topic",
+        "node.sensor_qos": "reliable",
+        "node.capture_dir": str(root / "cap"),
+        "node.scene_dir": str(root / "scenes"),
+        "node.allowed_roots": [str(root)],
+        "node.publish_rate": 2.0,
+        "node.device": "cpu",
+        "query.threshold": 0.8,
+        "capture.blur_rejection": False,
+        **(extra or {}),
+    }
+    pfile = write_params(tmp / f"{name}_params.yaml", params)
+    proc = procs.start(["-m", "ccl_lgs_ros.ros.mapping_node", "--ros-args", "--params-file", pfile], name=name)
+    procs.wait_for_line(proc, "/semantic_query is up", timeout=60)
+    return proc

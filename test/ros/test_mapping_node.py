@@ -8,45 +8,13 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import yaml
-from _rosutil import RosClient, RosProcesses, module_ros_env, write_blob_scene
+from _rosutil import RosClient, RosProcesses, module_ros_env, start_mapper, write_blob_scene, write_params
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
-
-
-def write_params(path: Path, params: dict) -> Path:
-    """A ROS 2 params file (``/**: ros__parameters: ...``), nested by section."""
-    nested: dict = {}
-    for key, value in params.items():
-        section, _, name = key.rpartition(".")
-        (nested.setdefault(section, {}) if section else nested)[name] = value
-    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": nested}}))
-    return path
-
-
-def start_mapper(procs: RosProcesses, tmp: Path, root: Path, extra: dict | None = None, name: str = "mapper"):
-    params = {
-        "device": "cpu",
-        "node.pose_source": "topic",
-        "node.sensor_qos": "reliable",
-        "node.capture_dir": str(root / "cap"),
-        "node.scene_dir": str(root / "scenes"),
-        "node.allowed_roots": [str(root)],
-        "node.publish_rate": 2.0,
-        "node.device": "cpu",
-        "query.threshold": 0.8,
-        "capture.blur_rejection": False,
-        **(extra or {}),
-    }
-    pfile = write_params(tmp / f"{name}_params.yaml", params)
-    proc = procs.start(["-m", "ccl_lgs_ros.ros.mapping_node", "--ros-args", "--params-file", pfile], name=name)
-    procs.wait_for_line(proc, "/semantic_query is up", timeout=60)
-    return proc
 
 
 @pytest.fixture(scope="module")

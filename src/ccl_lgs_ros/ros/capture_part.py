@@ -11,6 +11,7 @@ callback lets an exception escape, so bad sensor data never brings the node down
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -39,6 +40,10 @@ except Exception:  # noqa: BLE001 - missing or broken: fall back to the pose top
     tf2_ros = None
 
 HAVE_TF2 = tf2_ros is not None
+#: How long (wall clock) an image waits for its depth image before it is stored without one.
+DEPTH_WAIT_S = 0.5
+#: How long an image waits for its pose or the first CameraInfo before it is dropped.
+MAX_WAIT_S = 2.0
 _NUMBERS = re.compile(r"[-+]?\d[\d.e+-]*")
 
 
@@ -93,6 +98,7 @@ class CaptureFrontend:
         self.distortion = Distortion()
         self._undistort = Undistorter()
         self._depths: deque[tuple[float, Any]] = deque(maxlen=30)
+        # (arrival time.monotonic(), message): images waiting for a pose, CameraInfo or depth.
         self._pending: deque[tuple[float, Any]] = deque(maxlen=max(int(cfg.node.max_pending_images), 1))
         self.poses = PoseBuffer(max_gap=cfg.node.max_pose_gap)
         self.frames_seen = 0
@@ -228,38 +234,42 @@ class CaptureFrontend:
 
     def _guarded(self, msg: Any, compressed: bool) -> None:
         self.frames_seen += 1
+        self._retry_pending()  # older waiting frames first (and give up on stale ones)
         try:
-            self._process(msg, compressed)
+            self._process(msg, compressed, time.monotonic())
         except Exception as exc:  # noqa: BLE001 - last line of defence: log, never crash
             self.bad.warn("internal", f"frame dropped after an unexpected error: {type(exc).__name__}: {exc}")
 
     def _retry_pending(self) -> None:
         for _ in range(len(self._pending)):
-            t, msg = self._pending.popleft()
+            arrived, msg = self._pending.popleft()
             try:
-                self._process(msg, isinstance_compressed(msg))
+                self._process(msg, isinstance_compressed(msg), arrived)
             except Exception as exc:  # noqa: BLE001
                 self.bad.warn("internal", f"frame dropped after an unexpected error: {exc}")
 
     # ------------------------------------------------------------------ per frame
 
-    def _process(self, msg: Any, compressed: bool) -> None:
+    def _may_wait(self, arrived: float) -> bool:
+        return self.cfg.node.max_pending_images > 0 and time.monotonic() - arrived < MAX_WAIT_S
+
+    def _process(self, msg: Any, compressed: bool, arrived: float) -> None:
         if not self.enabled or self.session is None:
             return
         t = conv.stamp_to_sec(msg.header.stamp)
         c2w, reason = self._pose_at(t, msg.header.frame_id)
         if c2w is None:
-            if reason.startswith(("future", "no poses")) and self.cfg.node.max_pending_images > 0:
+            if reason.startswith(("future", "no poses")) and self._may_wait(arrived):
                 # The pose for this stamp has not arrived yet: wait (the oldest waiting image is
                 # dropped when the queue is full).
-                self._pending.append((t, msg))
+                self._pending.append((arrived, msg))
             else:
                 self.bad.warn("pose_lookup", f"no pose for the image at t={t:.3f}: {reason}; frame dropped")
             return
         intr = self.intrinsics
         if intr is None:
-            if self.cfg.node.max_pending_images > 0:
-                self._pending.append((t, msg))  # CameraInfo comes on another topic: may be late
+            if self._may_wait(arrived):
+                self._pending.append((arrived, msg))  # CameraInfo comes on another topic: may be late
             self.bad.warn(
                 "camera_info",
                 f"no CameraInfo received yet on {self.cfg.node.camera_info_topic}; "
@@ -278,7 +288,10 @@ class CaptureFrontend:
                 f"image is {rgb.shape[1]}x{rgb.shape[0]} but CameraInfo says {intr.width}x{intr.height}; frame dropped",
             )
             return
-        depth = self._depth_for(t, intr)
+        depth, wait = self._depth_for(t, intr, arrived)
+        if wait:
+            self._pending.append((arrived, msg))  # its depth image may still be on the way
+            return
         if not self.distortion.is_identity:
             rgb = self._undistort(rgb, intr, self.distortion)
             if depth is not None:
@@ -321,32 +334,36 @@ class CaptureFrontend:
         except Exception as exc:  # noqa: BLE001 - tf2 lookup, connectivity, extrapolation errors
             return None, f"transform {ncfg.fixed_frame} <- {image_frame} at t={t:.3f}: {exc}"
 
-    def _depth_for(self, t: float, intr: Intrinsics) -> np.ndarray | None:
-        if not self.cfg.node.depth_topic:
-            return None
+    def _depth_for(self, t: float, intr: Intrinsics, arrived: float) -> tuple[np.ndarray | None, bool]:
+        """``(depth in metres or None, wait)``; ``wait`` asks the caller to retry the frame later."""
+        ncfg = self.cfg.node
+        if not ncfg.depth_topic:
+            return None, False
         best = None
         for td, msg in self._depths:
-            if abs(td - t) <= self.cfg.node.depth_max_gap and (best is None or abs(td - t) < abs(best[0] - t)):
+            if abs(td - t) <= ncfg.depth_max_gap and (best is None or abs(td - t) < abs(best[0] - t)):
                 best = (td, msg)
         if best is None:
+            newest = max((td for td, _ in self._depths), default=-math.inf)
+            if newest < t + ncfg.depth_max_gap and time.monotonic() - arrived < DEPTH_WAIT_S:
+                return None, True  # no newer depth yet: the matching one may still arrive
             self.bad.warn(
-                "depth",
-                f"no depth image within {self.cfg.node.depth_max_gap} s of t={t:.3f}; keyframe stored without depth",
+                "depth", f"no depth image within {ncfg.depth_max_gap} s of t={t:.3f}; keyframe stored without depth"
             )
-            return None
+            return None, False
         try:
             depth = conv.depth_msg_to_metres(best[1], int(self.cfg.capture.max_image_pixels))
         except conv.ConversionError as exc:
-            self.bad.warn("depth", f"depth on {self.cfg.node.depth_topic} refused: {exc}")
-            return None
+            self.bad.warn("depth", f"depth on {ncfg.depth_topic} refused: {exc}")
+            return None, False
         if depth.shape != (intr.height, intr.width):
             self.bad.warn(
                 "depth",
-                f"depth is {depth.shape[1]}x{depth.shape[0]}, colour is "
-                f"{intr.width}x{intr.height}; keyframe stored without depth",
+                f"depth is {depth.shape[1]}x{depth.shape[0]}, colour is {intr.width}x"
+                f"{intr.height}; keyframe stored without depth",
             )
-            return None
-        return depth
+            return None, False
+        return depth, False
 
 
 def isinstance_compressed(msg: Any) -> bool:

@@ -15,6 +15,7 @@ message naming the problem; callers log it and drop the message.
 
 from __future__ import annotations
 
+import array
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -363,8 +364,12 @@ def gaussians_to_msg(inst: Any, header: Header, T: np.ndarray | None = None) -> 
     norm = np.linalg.norm(quats, axis=1, keepdims=True)
     quats = quats / np.maximum(norm, 1e-12)
 
-    def flat(a: Any) -> list[float]:
-        return np.asarray(a, dtype=np.float32).reshape(-1).tolist()
+    def flat(a: Any) -> array.array:
+        # array('f') is taken as is by the message; a Python list is checked element by element
+        # (~20x slower for 150k floats).
+        out = array.array("f")
+        out.frombytes(np.ascontiguousarray(a, dtype=np.float32).reshape(-1).tobytes())
+        return out
 
     return GaussianArray(
         header=header,

@@ -21,9 +21,14 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 
 from ..config import Config, ConfigError
+from ..paths import PathRefused, resolve_inside
 from ..supervisor import TrainerProcess, TrainProgress, train_command
 from .capture_part import CaptureFrontend
 from .query_part import SceneServer
+
+#: Config keys whose value is a file or folder the trainer reads (confined to node.allowed_roots
+#: when a goal sets them; the operator's own params file is not restricted).
+PATH_KEYS = {"priors.sam_checkpoint", "priors.sam2_checkpoint", "priors.clip_checkpoint", "priors.sim_ground_truth"}
 
 
 class TrainAction:
@@ -71,12 +76,13 @@ class TrainAction:
         res.duration_s = float(time.monotonic() - t0) if t0 is not None else 0.0
         if not success:
             self.last_error = message
-            self.node.get_logger().error(f"train: {message}")
+            if not self._stopping.is_set():
+                self.node.get_logger().error(f"train: {message}")
         return res
 
     def _execute(self, goal_handle: Any) -> Any:
         if not self._busy.acquire(blocking=False):
-            goal_handle.abort()
+            self._finish(goal_handle, "abort")
             return self._result(False, "a training run is already in progress; cancel it or wait")
         try:
             return self._run(goal_handle)
@@ -90,11 +96,11 @@ class TrainAction:
         goal = goal_handle.request
         ncfg = self.cfg.node
         if self.capture is None or self.capture.session is None:
-            goal_handle.abort()
+            self._finish(goal_handle, "abort")
             return self._result(False, "no capture to train on (serve-only mode or no capture folder open)")
         n = self.capture.num_keyframes
         if n < ncfg.min_train_keyframes:
-            goal_handle.abort()
+            self._finish(goal_handle, "abort")
             return self._result(False, f"the capture has {n} keyframes; at least {ncfg.min_train_keyframes} are needed")
         run = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
         scene_root = Path(ncfg.scene_dir).expanduser()
@@ -110,12 +116,16 @@ class TrainAction:
                 overrides=list(goal.overrides),
             )
         except ConfigError as exc:
-            goal_handle.abort()
+            self._finish(goal_handle, "abort")
             return self._result(False, f"invalid goal: {exc}")
+        reason = self._check_override_paths(goal.overrides)
+        if reason:
+            self._finish(goal_handle, "abort")
+            return self._result(False, f"invalid goal: {reason}")
         try:
             self.capture.snapshot(snapshot_dir)
         except Exception as exc:  # noqa: BLE001 - CaptureWriteError, OSError
-            goal_handle.abort()
+            self._finish(goal_handle, "abort")
             return self._result(False, f"cannot snapshot the capture: {exc}")
         feedback: queue.Queue[TrainProgress] = queue.Queue()
         trainer = TrainerProcess(argv, on_progress=feedback.put)
@@ -124,7 +134,7 @@ class TrainAction:
         try:
             trainer.start()
         except OSError as exc:
-            goal_handle.abort()
+            self._finish(goal_handle, "abort")
             return self._result(False, f"cannot start the trainer: {exc}", t0=t0)
         self.trainer = trainer
         outcome = None
@@ -136,25 +146,48 @@ class TrainAction:
         self._publish_feedback(goal_handle, feedback)
         if outcome.cancelled:
             if goal_handle.is_cancel_requested:
-                goal_handle.canceled()
+                self._finish(goal_handle, "canceled")
             else:
-                goal_handle.abort()
+                self._finish(goal_handle, "abort")
             self.stage = "cancelled"
             return self._result(False, "training cancelled; the capture continues", str(scene_dir), t0)
         if not outcome.success:
-            goal_handle.abort()
+            self._finish(goal_handle, "abort")
             self.stage = "failed"
             return self._result(False, f"{outcome.message}; the capture continues", str(scene_dir), t0)
         self.stage = "loading"
         try:
             self.server.load(scene_dir)
         except Exception as exc:  # noqa: BLE001 - SceneError, OSError, ValueError
-            goal_handle.abort()
+            self._finish(goal_handle, "abort")
             self.stage = "failed"
             return self._result(False, f"training finished but the scene does not load: {exc}", str(scene_dir), t0)
         self.stage, self.progress = "done", 1.0
-        goal_handle.succeed()
+        self._finish(goal_handle, "succeed")
         return self._result(True, f"scene trained from {n} keyframes and loaded", str(scene_dir), t0)
+
+    def _finish(self, goal_handle: Any, how: str) -> None:
+        """``abort`` / ``canceled`` / ``succeed`` the goal; a node shutting down may already have
+        invalidated the action server, which must not turn a clean exit into a traceback."""
+        try:
+            getattr(goal_handle, how)()
+        except Exception as exc:  # noqa: BLE001 - RCLError from an invalid context
+            if not self._stopping.is_set():
+                raise
+            self.node.get_logger().debug(f"goal not updated during shutdown: {exc}")
+
+    def _check_override_paths(self, overrides: Any) -> str:
+        """Overrides that make the trainer read a file must name one inside the allowed roots."""
+        for item in overrides:
+            key, _, value = str(item).partition("=")
+            key = key.strip()
+            if not value.strip() or not (key in PATH_KEYS or key.endswith(("_checkpoint", "_dir", "_path"))):
+                continue
+            try:
+                resolve_inside(value.strip(), self.cfg.node.allowed_roots, must_exist=True, what=key)
+            except PathRefused as exc:
+                return str(exc)
+        return ""
 
     def _publish_feedback(self, goal_handle: Any, items: queue.Queue) -> None:
         last = None
