@@ -15,7 +15,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m ccl_lgs_ros.demo $(DEMO_ARGS)
+	$(PY) -m ccl_lgs_ros.ros.demo $(DEMO_ARGS)
 
 lint: setup
 	$(PY) -m ruff check src test bench scripts launch

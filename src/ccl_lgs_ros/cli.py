@@ -155,7 +155,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import main as demo_main
+    from .ros.demo import main as demo_main
 
     return demo_main(args.rest)
 

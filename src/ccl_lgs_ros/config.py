@@ -155,6 +155,12 @@ class PriorsConfig:
     sim_feature_noise: float = _f(0.15, "Simulator only: per-view noise of mask features.", min=0.0)
     sim_dim: int = _f(512, "Simulator only: dimension of the simulated CLIP space.", min=8)
     sim_seed: int = _f(0, "Simulator only: random seed.")
+    sim_ground_truth: str = _f(
+        "",
+        "Simulator only: a capture of the same scene with instances/ ground truth; each frame takes "
+        "the instance map of the reference frame with the same pose (for live captures of a "
+        "synthetic scene replayed over ROS). Empty = the capture's own ground truth.",
+    )
     sim_background: bool = _f(
         True, "Simulator only: pixels without a ground-truth instance get one background mask (like SAM's floor/wall masks)."
     )

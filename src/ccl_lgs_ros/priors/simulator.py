@@ -249,13 +249,54 @@ class SimulatorBackend:
         self.cfg = cfg.priors if isinstance(cfg, Config) else cfg
         self._encoder = SimulatedTextEncoder(self.cfg.sim_dim, self.cfg.sim_seed)
         self._object_cache: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._reference: tuple[str, Capture, list[int]] | None = None
 
     def text_encoder(self) -> SimulatedTextEncoder:
         return self._encoder
 
     # ------------------------------------------------------------------ inputs
+    def _ground_truth(self, capture: Capture) -> tuple[Capture, list[int]]:
+        """The capture holding the ground truth and, per frame of ``capture``, its frame there.
+
+        Normally the capture itself. With ``priors.sim_ground_truth`` (a capture of the same
+        scene with instance maps, e.g. the synthetic scene a robot's capture was replayed from)
+        every frame is matched to the reference frame with the same camera pose (within 1 cm
+        and ~1 degree), so a live capture of a synthetic scene can be simulated too.
+        """
+        ref = self.cfg.sim_ground_truth
+        if not ref:
+            return capture, list(range(len(capture.frames)))
+        key = f"{ref}:{capture.root}:{len(capture.frames)}"
+        if self._reference is None or self._reference[0] != key:
+            gt = Capture.load(ref)
+            ref_c2w = gt.c2w_all()
+            mapping = []
+            for i, frame in enumerate(capture.frames):
+                dist = np.linalg.norm(ref_c2w[:, :3, 3] - frame.c2w[:3, 3], axis=1)
+                j = int(np.argmin(dist)) if dist.size else -1
+                turn = np.linalg.norm(ref_c2w[j, :3, :3] - frame.c2w[:3, :3]) if j >= 0 else np.inf
+                if j < 0 or dist[j] > 0.01 or turn > 0.02:
+                    raise ValueError(f"{capture.root}: frame {i} matches no frame of the ground-truth "
+                                     f"capture {ref} (priors.sim_ground_truth)")
+                mapping.append(j)
+            self._reference = (key, gt, mapping)
+        return self._reference[1], self._reference[2]
+
+    def _labels(self, capture: Capture) -> tuple[dict[int, str], set[int]]:
+        return self._gt_labels(self._ground_truth(capture)[0])
+
+    def _gt_ids(self, capture: Capture, index: int) -> np.ndarray:
+        gt, mapping = self._ground_truth(capture)
+        ids = gt.load_instances(mapping[index])
+        if ids is None:
+            raise ValueError(
+                f"{gt.root}: frame {mapping[index]} has no instance map; the priors simulator needs instances/ "
+                "ground truth"
+            )
+        return _resize_ids(ids, self.cfg.image_size)
+
     @staticmethod
-    def _labels(capture: Capture) -> tuple[dict[int, str], set[int]]:
+    def _gt_labels(capture: Capture) -> tuple[dict[int, str], set[int]]:
         """GT id -> label (0 = background) and the ids marked as background (e.g. the table)."""
         if not capture.instances:
             raise ValueError(
@@ -270,14 +311,6 @@ class SimulatorBackend:
             if inst.get("background"):
                 background.add(int(inst["id"]))
         return labels, background
-
-    def _gt_ids(self, capture: Capture, index: int) -> np.ndarray:
-        ids = capture.load_instances(index)
-        if ids is None:
-            raise ValueError(
-                f"{capture.root}: frame {index} has no instance map; the priors simulator needs instances/ ground truth"
-            )
-        return _resize_ids(ids, self.cfg.image_size)
 
     # ------------------------------------------------------------------ masks
     def _regions(
@@ -522,7 +555,7 @@ def mask_inconsistency(capture: Capture, priors: Sequence[FramePriors], level: s
     Splits, misses and boundary errors lose the pixels outside the best mask; a merge loses all
     pixels of the smaller object. 0 means the masks equal the instance map.
     """
-    _, background = SimulatorBackend._labels(capture)
+    _, background = SimulatorBackend._gt_labels(capture)
     bad = total = 0.0
     for i, fp in enumerate(priors):
         lp = fp.levels[level]

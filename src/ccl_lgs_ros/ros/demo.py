@@ -4,7 +4,8 @@
 2. starts the mapping node (its own process) and replays the scene into it as live topics
    (Image + CameraInfo + PoseStamped, another process); the node keeps keyframes on disk;
 3. sends the ``TrainScene`` action (tiny preset, CPU, the priors *simulator* — the documented
-   stand-in for SAM / SAM 2 / CLIP, since no checkpoints ship with the project) and prints its
+   stand-in for SAM / SAM 2 / CLIP, since no checkpoints ship with the project — reading the
+   ground truth of the replayed scene through ``priors.sim_ground_truth``) and prints its
    feedback while training runs in the node's separate trainer process;
 4. calls ``/semantic_query`` from this process for every object label (one label is shared by
    two objects) and scores each returned cloud against the ground-truth object points;
@@ -176,17 +177,17 @@ def run(args: argparse.Namespace) -> int:
         action = ActionClient(client, TrainScene, "/ccl_lgs_mapper/train")
         if not action.wait_for_server(timeout_sec=30):
             raise RuntimeError("the train action server is not available")
-        goal = TrainScene.Goal(
-            preset="tiny", method="ccl", device="cpu", overrides=["priors.backend=simulator"] + list(args.set or [])
-        )
-        last = [""]
+        overrides = ["priors.backend=simulator", f"priors.sim_ground_truth={out / 'source'}", *args.set]
+        goal = TrainScene.Goal(preset="tiny", method="ccl", device="cpu", overrides=overrides)
+        last = {"stage": "", "t": 0.0}
 
         def feedback(msg: Any) -> None:
             fb = msg.feedback
-            line = f"{fb.stage:9s} {fb.progress * 100:5.1f}%  {fb.message}"
-            if line != last[0]:
-                last[0] = line
-                _say("  " + line)
+            now = time.monotonic()
+            if fb.stage != last["stage"] or now - last["t"] > 5.0:
+                last.update(stage=fb.stage, t=now)
+                eta = f", stage eta {fb.eta_s:.0f} s" if fb.eta_s >= 0 else ""
+                _say(f"  {fb.stage:9s} {fb.progress * 100:5.1f}%  {fb.message}{eta}")
 
         send = action.send_goal_async(goal, feedback_callback=feedback)
         rclpy.spin_until_future_complete(client, send, timeout_sec=30)
