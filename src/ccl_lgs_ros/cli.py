@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="convert COLMAP / nerfstudio / Blender / rosbag2 into a capture folder")
     p.add_argument("src", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--format", default="auto", choices=["auto", "capture", "nerfstudio", "blender", "colmap", "rosbag2"])
+    p.add_argument("--format", default="auto",
+                   choices=["auto", "capture", "nerfstudio", "blender", "colmap", "rosbag2"])
     p.add_argument("--background", default="white", choices=["white", "black"],
                    help="background composited under RGBA images (Blender)")
     p.add_argument("--max-frames", type=int, default=0)

@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -162,7 +163,9 @@ class PriorsConfig:
         "synthetic scene replayed over ROS). Empty = the capture's own ground truth.",
     )
     sim_background: bool = _f(
-        True, "Simulator only: pixels without a ground-truth instance get one background mask (like SAM's floor/wall masks)."
+        True,
+        "Simulator only: pixels without a ground-truth instance get one background mask "
+        "(like SAM's floor/wall masks).",
     )
 
 
@@ -516,7 +519,8 @@ def digest(cfg_part: Any) -> str:
     """Stable hash of a config (section), used to invalidate caches."""
     import hashlib
 
-    data = dataclasses.asdict(cfg_part) if dataclasses.is_dataclass(cfg_part) else cfg_part
+    is_instance = dataclasses.is_dataclass(cfg_part) and not isinstance(cfg_part, type)
+    data = dataclasses.asdict(cfg_part) if is_instance else cfg_part  # type: ignore[arg-type]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

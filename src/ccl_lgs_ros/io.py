@@ -12,8 +12,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,10 @@ def atomic_save_npz(path: str | Path, arrays: Mapping[str, np.ndarray], compress
         if arr.dtype == object:
             raise TypeError(f"refusing to store object array {key!r} (it would need pickle)")
         clean[key] = arr
-    (np.savez_compressed if compressed else np.savez)(buf, **clean)
+    if compressed:
+        np.savez_compressed(buf, **clean)  # type: ignore[arg-type]
+    else:
+        np.savez(buf, **clean)  # type: ignore[arg-type]
     atomic_write_bytes(path, buf.getvalue())
 
 

@@ -39,7 +39,7 @@ class Progress:
             self._bar = tqdm(total=self.total, desc=stage, unit=unit, leave=False,
                              disable=not sys.stderr.isatty() and os.environ.get("CCL_LGS_BAR") != "1")
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self._emit("start", force=True)
         return self
 

@@ -121,7 +121,8 @@ def build_query_index(scene_dir: str | Path, frame_id: str, capture: Any = None,
                 codebook=codebooks[name],
             )
             stats[f"lifted_fraction_{name}"] = float(sure.mean()) if sure.size else 0.0
-            stats[f"agreement_{name}"] = float((lifted_codes.codes[sure] == dec.codes[sure]).mean()) if sure.any() else None
+            agree = lifted_codes.codes[sure] == dec.codes[sure]
+            stats[f"agreement_{name}"] = float(agree.mean()) if sure.any() else None
     else:
         stats["query_codes"] = "decoded"
     index = SemanticIndex.from_scene_arrays(

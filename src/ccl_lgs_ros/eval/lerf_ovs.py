@@ -57,7 +57,10 @@ def evaluate_lerf_ovs(scene_dir, capture: Capture, labels: Path, cfg, device: st
     files = sorted(labels.glob("*.json")) if labels.is_dir() else [labels]
     renderer = RelevanceRenderer(scene_dir, cfg.query.negatives, device=device, backend=cfg.rgb.backend)
     by_stem = _frame_by_stem(capture)
-    ious, locs, frames, missing = [], [], {}, []
+    ious: list[float] = []
+    locs: list[float] = []
+    frames: dict[str, Any] = {}
+    missing: list[str] = []
     for path in files:
         lab = read_lerf_labels(path)
         stem = Path(lab["name"]).stem

@@ -48,12 +48,14 @@ def evaluate_3d_ovs(scene_dir, capture: Capture, labels: Path, cfg, device: str 
         if index is None:
             missing.append(view_dir.name)
             continue
-        gts = {}
-        shape = None
+        gts: dict[str, np.ndarray] = {}
+        shape: tuple[int, ...] | None = None
         for cls in classes:
             f = view_dir / f"{cls}.png"
             if f.is_file():
                 m = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+                if m is None:
+                    continue
                 gts[cls] = m > 0
                 shape = m.shape
         if shape is None:

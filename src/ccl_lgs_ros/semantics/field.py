@@ -92,11 +92,11 @@ def run_codebook_stage(
     """Learn (or reload) the codebook of every level; ``out_dir/codebook.npz``."""
     path = out_dir / "codebook.npz"
     if path.is_file():
-        arrays = load_npz(path)
-        if str(arrays.get("settings", "")) == settings:
+        cached = load_npz(path)
+        if str(cached.get("settings", "")) == settings:
             n = len(priors)
             return {
-                lv: LevelCodebook(arrays[f"codebook.{lv}"], _split(arrays[f"codes.{lv}"], arrays[f"counts.{lv}"], n))
+                lv: LevelCodebook(cached[f"codebook.{lv}"], _split(cached[f"codes.{lv}"], cached[f"counts.{lv}"], n))
                 for lv in levels
             }
     f = cfg.field
@@ -108,7 +108,9 @@ def run_codebook_stage(
                 priors, lv, f.codebook_size, f.codebook_iterations, lr=f.codebook_lr, lambda_pull=f.lambda_pull,
                 lambda_push=f.lambda_push, margin=f.push_margin, frames_per_batch=f.codebook_frames_per_batch,
                 seed=f.seed, device=device,
-                on_step=lambda s, losses, lv=lv: bar.update(1, message=lv, l_max=round(float(losses.max.detach()), 4)),
+                on_step=lambda s, losses, lv=lv: bar.update(  # type: ignore[misc]
+                    1, message=lv, l_max=round(float(losses.max.detach()), 4)
+                ),
             )  # fmt: skip
     arrays: dict[str, np.ndarray] = {"settings": np.asarray(settings), "levels": np.asarray(levels)}
     for lv, cb in result.items():

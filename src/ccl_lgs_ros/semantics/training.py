@@ -92,7 +92,7 @@ class CCLObjective:
             method="ccl",
             features={lv: feats[:, li * d : (li + 1) * d].copy() for li, lv in enumerate(self.levels)},
             codebooks=dict(self.codebooks),
-            decoders={lv: self.decoders[lv].cpu() for lv in self.levels},
+            decoders={lv: self.decoders[lv].cpu() for lv in self.levels},  # type: ignore[misc]
         )
 
 
@@ -171,7 +171,7 @@ def optimise(
         rendered = render_features(gaussians, colors, batch, backend)
         loss, metrics = objective.loss(batch, rendered)
         if spatial is not None:
-            reg = sum(spatial(level_slice(colors, li, d)) for li in range(len(objective.levels)))
+            reg = torch.stack([spatial(level_slice(colors, li, d)) for li in range(len(objective.levels))]).sum()
             loss = loss + spatial_lambda * reg
             metrics["spatial"] = float(reg.detach())
         opt.zero_grad(set_to_none=True)
