@@ -2,7 +2,8 @@
 
 1. writes a synthetic table-top scene with ground truth (``ccl-lgs synth``);
 2. starts the mapping node (its own process) and replays the scene into it as live topics
-   (Image + CameraInfo + PoseStamped, another process); the node keeps keyframes on disk;
+   (Image + CameraInfo + aligned depth + PoseStamped, another process); the node keeps
+   keyframes on disk;
 3. sends the ``TrainScene`` action (tiny preset, CPU, the priors *simulator* — the documented
    stand-in for SAM / SAM 2 / CLIP, since no checkpoints ship with the project — reading the
    ground truth of the replayed scene through ``priors.sim_ground_truth``) and prints its
@@ -35,6 +36,11 @@ from typing import Any
 
 import numpy as np
 import yaml
+
+
+#: An RGB-D robot: depth initialises the Gaussians (random initialisation fits far worse in
+#: the few hundred steps the demo can afford on a CPU).
+DEPTH_TOPIC = "/camera/aligned_depth_to_color/image_raw"
 
 
 def _isolate_dds(out: Path) -> dict[str, str]:
@@ -77,6 +83,7 @@ def _write_params(out: Path, args: argparse.Namespace) -> Path:
                     "pose_source": "topic",
                     "pose_topic": "/camera/pose",
                     "pose_topic_type": "PoseStamped",
+                    "depth_topic": DEPTH_TOPIC,
                     "capture_dir": str(out / "capture"),
                     "scene_dir": str(out / "scenes"),
                     "allowed_roots": [str(out)],
@@ -145,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
                 str(out / "source"),
                 "--rate",
                 str(args.rate),
+                "--depth-topic",
+                DEPTH_TOPIC,
                 "--pose-topic",
                 "/camera/pose",
                 "--no-tf",
