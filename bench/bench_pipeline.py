@@ -28,6 +28,8 @@ VARIANTS = {
     "pull": {"field.lambda_push": 0.0},
     "push": {"field.lambda_pull": 0.0},
     "ccl": {},
+    "ccl-decoded": {"field.query_codes": "decoded"},
+    "ccl-spatial": {"field.spatial_lambda": 0.1},
     "gags": {"field.method": "gags"},
     "cgc": {"field.method": "cgc"},
 }
