@@ -9,7 +9,10 @@ after the last frame (or loops with ``--loop``).
     replay CAPTURE [--rate 2] [--loop] [--wait-subscribers 1] [--image-topic ...] ...
     python -m ccl_lgs_ros.ros.replay_node CAPTURE ...
 
-Bags: import them first (``ccl-lgs import BAG OUT``), then replay the capture folder.
+A rosbag2 (sqlite3 or mcap) is accepted too: it goes through the same importer as
+``ccl-lgs import`` (same topic settings, ``--config``/``--set`` as for the node, keyframe motion
+thresholds off so every synchronised frame is kept) into a temporary capture folder, which is
+then replayed; ``--keep-import DIR`` keeps that folder.
 """
 
 from __future__ import annotations
@@ -41,7 +44,10 @@ except Exception:  # noqa: BLE001 - optional: pose topic only
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="replay", description="Publish a capture folder as live ROS 2 topics.")
-    p.add_argument("capture", type=Path, help="capture folder (transforms.json + images/)")
+    p.add_argument("capture", type=Path, help="capture folder (transforms.json + images/) or a rosbag2")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="bag import settings (node.image_topic, node.pose_topic, ...); repeatable")
+    p.add_argument("--keep-import", type=Path, default=None, help="bags: keep the imported capture here")
     p.add_argument("--rate", type=float, default=2.0, help="frames per second (default 2)")
     p.add_argument("--loop", action="store_true", help="start over after the last frame")
     p.add_argument("--max-frames", type=int, default=0, help="publish at most this many frames (0 = all)")
@@ -116,13 +122,31 @@ class ReplayNode(Node):
         return True
 
 
+def _load_source(args: argparse.Namespace) -> Capture:
+    """The capture to publish: a capture folder as is, or a bag imported into one."""
+    from ..capture.importers import detect_format, import_capture
+
+    src = Path(args.capture)
+    if detect_format(src) != "rosbag2":
+        return Capture.load(src)
+    import tempfile
+
+    from ..config import load_config, parse_assignments
+
+    cfg = load_config(overrides={"capture.min_translation": 0.0, "capture.min_rotation_deg": 0.0,
+                                 "capture.blur_rejection": False, **parse_assignments(args.overrides)})
+    out = args.keep_import or Path(tempfile.mkdtemp(prefix="ccl_lgs_replay_")) / "capture"
+    print(f"replay: importing bag {src} into {out}", flush=True)
+    return import_capture(src, out, fmt="rosbag2", cfg=cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     rclpy.init(args=argv)
     args = build_parser().parse_args(remove_ros_args(argv)[1:])
     try:
-        capture = Capture.load(args.capture)
-    except CaptureError as exc:
+        capture = _load_source(args)
+    except (CaptureError, ValueError, OSError) as exc:
         print(f"replay: {exc}", file=sys.stderr)
         rclpy.shutdown()
         return 2
