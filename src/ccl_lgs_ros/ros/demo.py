@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import yaml
 
-
 #: An RGB-D robot: depth initialises the Gaussians (random initialisation fits far worse in
 #: the few hundred steps the demo can afford on a CPU).
 DEPTH_TOPIC = "/camera/aligned_depth_to_color/image_raw"
