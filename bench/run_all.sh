@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Every benchmark with the settings docs/BENCHMARKS.md reports; results (JSON + PNG, machine
+# recorded) go to bench/results/<name>/. `make bench` runs this after the setup.
+# Pass names to run a subset: bash bench/run_all.sh query service
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PY:-.venv/bin/python}
+export PYTHONPATH=src MPLBACKEND=Agg AMENT_PREFIX_PATH="$PWD/.venv"
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-171}
+export ROS_LOG_DIR=${ROS_LOG_DIR:-$(mktemp -d)}
+R=bench/results
+SELECTED=("$@")
+want() { [ ${#SELECTED[@]} -eq 0 ] || [[ " ${SELECTED[*]} " == *" $1 "* ]]; }
+run() { echo "== $*"; "$PY" "$@"; }
+
+if want query; then
+  run bench/bench_query.py --sizes 10000 100000 300000 1000000 2000000 --repeats 40 --out $R/query; fi
+if want service; then
+  run bench/bench_service.py --points 50000 --calls 200 --out $R/service; fi
+if want capture; then
+  run bench/bench_capture.py --seconds 4 --rate 30 --formats jpg png --out $R/capture; fi
+if want render; then
+  run bench/bench_render.py --counts 10000,50000 --sizes 128,256 --reps 3 --threads 2 --out $R/render; fi
+if want rgb; then
+  SYN=$(mktemp -d)/synth
+  "$PY" -m ccl_lgs_ros synth "$SYN" --seed 104 --width 128 --height 96 --frames 24
+  run bench/bench_rgb_train.py --capture "$SYN" --iters 1500 --threads 2 \
+      --preset-overrides "sh_degree=1,max_init_points=15000,densify=false" --out $R/rgb_train; fi
+if want priors; then
+  mkdir -p $R/priors
+  run bench/bench_priors.py --frames 3 --out $R/priors/priors_cpu_reduced.json; fi
+if want pipeline; then
+  run bench/bench_pipeline.py --seeds 101 102 103 \
+      --variants ccl ccl-decoded baseline pull push gags cgc --out $R/pipeline_ablation.json; fi
