@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ccl_lgs_ros.capture.format import Capture
-from ccl_lgs_ros.config import Config
+from ccl_lgs_ros.config import Config, set_value
 from ccl_lgs_ros.io import atomic_write_json
 from ccl_lgs_ros.splat.toy import make_toy_capture
 from ccl_lgs_ros.splat.trainer import train_rgb
@@ -94,8 +94,7 @@ def main() -> None:
         cfg.rgb.checkpoint_every = max(iters, 1)
         for item in filter(None, args.preset_overrides.split(",")):
             key, value = item.split("=", 1)
-            field = type(getattr(cfg.rgb, key))
-            setattr(cfg.rgb, key, field(value))
+            set_value(cfg, f"rgb.{key.strip()}", value)  # validated; "false" really is False
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t = time.perf_counter()
         m = train_rgb(capture, cfg, work / f"run_{iters}", args.device, progress=False, resume=False)

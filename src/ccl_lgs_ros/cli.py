@@ -105,7 +105,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate(args.scene, protocol=args.protocol, capture=args.capture, labels=args.labels,
                       out_dir=args.out, device=args.device or "cpu")
-    _print_json(result) if args.json else print(json.dumps(result, indent=2, default=_json_default))
+    _print_json(result)  # the result is a nested record: JSON either way
     return 0
 
 

@@ -56,18 +56,14 @@ def _lifted_codes(scene_dir: Path, capture: Any, cfg: Any, levels: list[str], de
     from .io import load_npz
     from .priors.stage import load_priors
     from .query.lift import lift_labels
-    from .semantics.field import load_scene_from_world
+    from .semantics.field import load_scene_from_world, split_by_counts
     from .semantics.views import FrozenGaussians, supervised_views
     from .splat.data import split_indices
 
     arrays = load_npz(scene_dir / "field" / "codebook.npz")
     priors, _ = load_priors(scene_dir / "priors")
     n = len(priors)
-    codes: dict[str, list[np.ndarray]] = {}
-    for lv in levels:
-        flat, counts = arrays[f"codes.{lv}"], arrays[f"counts.{lv}"]
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        codes[lv] = [flat[bounds[i] : bounds[i + 1]] for i in range(n)]
+    codes = {lv: split_by_counts(arrays[f"codes.{lv}"], arrays[f"counts.{lv}"], n) for lv in levels}
     train_idx, _ = split_indices(len(capture.frames), cfg.rgb.holdout_every)
     views = supervised_views(capture, priors, train_idx, load_scene_from_world(scene_dir / "rgb"), levels, codes,
                              "cpu")

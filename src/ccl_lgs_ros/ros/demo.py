@@ -16,6 +16,12 @@
 
 Exit status 0 only when every queried object is found with F1 above ``--min-f1``.
 
+With real checkpoints the same command runs on your data instead:
+``ccl-lgs demo --source CAPTURE_OR_BAG --query "red mug" --query "chair" --device cuda --preset fast
+--set priors.sam_checkpoint=... --set priors.sam2_checkpoint=... --set priors.clip_checkpoint=...``
+(replayed like a robot, trained with the real SAM / SAM 2 / CLIP; scored where the capture has
+ground truth).
+
 DDS stays on this machine: ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, a private
 ``ROS_DOMAIN_ID`` (random unless set) and ``ROS_LOG_DIR`` inside the output folder, for this
 process and every child.
@@ -67,25 +73,34 @@ def _stop(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
         proc.wait(timeout=5)
 
 
-def _write_params(out: Path, args: argparse.Namespace) -> Path:
+def _allowed_roots(out: Path, args: argparse.Namespace) -> list[str]:
+    """The node confines every path a goal names to its allowed roots: the output folder plus
+    the folders of files the user named on the command line (checkpoints, ground truth)."""
+    roots = {str(out)}
+    for item in args.set:
+        value = item.split("=", 1)[-1]
+        if value and Path(value).expanduser().exists():
+            roots.add(str(Path(value).expanduser().resolve().parent))
+    return sorted(roots)
+
+
+def _write_params(out: Path, args: argparse.Namespace, synthetic: bool, depth: bool) -> Path:
+    # A synthetic scene is sparse already: keep every frame. A real capture keeps the node's
+    # keyframe selection.
+    capture = {"min_translation": 0.0, "min_rotation_deg": 0.0, "blur_rejection": False} if synthetic else {}
     params = {
         "ccl_lgs_mapper": {
             "ros__parameters": {
                 "device": "cpu",
-                "capture": {
-                    "min_translation": 0.0,
-                    "min_rotation_deg": 0.0,
-                    "blur_rejection": False,
-                    "image_format": "png",
-                },
+                "capture": {**capture, "image_format": "png"},
                 "node": {
                     "pose_source": "topic",
                     "pose_topic": "/camera/pose",
                     "pose_topic_type": "PoseStamped",
-                    "depth_topic": DEPTH_TOPIC,
+                    "depth_topic": DEPTH_TOPIC if depth else "",
                     "capture_dir": str(out / "capture"),
                     "scene_dir": str(out / "scenes"),
-                    "allowed_roots": [str(out)],
+                    "allowed_roots": _allowed_roots(out, args),
                     "device": "cpu",
                     "train_preset": "tiny",
                 },
@@ -107,13 +122,25 @@ def run(args: argparse.Namespace) -> int:
     env = _isolate_dds(out)
     t_start = time.monotonic()
 
-    # 1. scene
+    # 1. scene: a synthetic one, or the user's capture folder / bag (real models)
+    from ..capture.format import Capture
     from ..synth import generate_scene
 
-    _say(f"writing a synthetic scene ({args.frames} frames, {args.width}x{args.height}) to {out / 'source'}")
-    source = generate_scene(
-        out / "source", seed=args.seed, width=args.width, height=args.height, num_frames=args.frames
-    )
+    real = args.source is not None
+    if real:
+        if not args.query:
+            raise RuntimeError("--source needs at least one --query TEXT")
+        source_path = Path(args.source).resolve()
+        from ..capture.importers import detect_format
+
+        source = Capture.load(source_path) if detect_format(source_path) != "rosbag2" else None
+        _say(f"replaying {source_path} with the real SAM / SAM 2 / CLIP (checkpoints from --set priors.*)")
+    else:
+        source_path = out / "source"
+        _say(f"writing a synthetic scene ({args.frames} frames, {args.width}x{args.height}) to {source_path}")
+        source = generate_scene(
+            source_path, seed=args.seed, width=args.width, height=args.height, num_frames=args.frames
+        )
 
     import rclpy
     from ccl_lgs_interfaces.action import TrainScene
@@ -128,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
     client = Node("ccl_lgs_demo_client")
     try:
         # 2. node + replay
-        params = _write_params(out, args)
+        has_depth = source is not None and any(f.depth_file_path for f in source.frames)
+        params = _write_params(out, args, synthetic=not real, depth=has_depth)
+        n_src = len(source.frames) if source is not None else 0
         _say("starting the mapping node")
         node_log = open(out / "mapping_node.log", "w")  # noqa: SIM115 - closed in finally via the process
         node_proc = subprocess.Popen(
@@ -148,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
                 sys.executable,
                 "-m",
                 "ccl_lgs_ros.ros.replay_node",
-                str(out / "source"),
+                str(source_path),
                 "--rate",
                 str(args.rate),
                 "--depth-topic",
@@ -165,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
             stdout=open(out / "replay.log", "w"),
             stderr=subprocess.STDOUT,  # noqa: SIM115
         )
-        replay_proc.wait(timeout=60 + len(source.frames) / args.rate * 3)
+        replay_proc.wait(timeout=60 + (n_src or 2000) / args.rate * 3)
         deadline = time.monotonic() + 30
         keyframes = 0
         while time.monotonic() < deadline:
@@ -173,20 +202,24 @@ def run(args: argparse.Namespace) -> int:
             rclpy.spin_until_future_complete(client, fut, timeout_sec=5)
             if fut.result() is not None:
                 keyframes = int(fut.result().status.num_keyframes)
-                if keyframes >= len(source.frames):
+                if n_src and keyframes >= n_src:
                     break
             time.sleep(0.5)
         _say(f"the node kept {keyframes} keyframes in {out / 'capture'}")
-        if keyframes < max(4, len(source.frames) // 2):
+        if keyframes < max(4, n_src // 2):
             raise RuntimeError(f"only {keyframes} keyframes captured (see {out / 'mapping_node.log'})")
 
         # 3. train
-        _say("training (separate process; priors backend: simulator, preset tiny, CPU)")
+        backend = "real SAM / SAM 2 / CLIP" if real else "simulator"
+        _say(f"training (separate process; priors: {backend}, preset {args.preset}, {args.device})")
         action = ActionClient(client, TrainScene, "/ccl_lgs_mapper/train")
         if not action.wait_for_server(timeout_sec=30):
             raise RuntimeError("the train action server is not available")
-        overrides = ["priors.backend=simulator", f"priors.sim_ground_truth={out / 'source'}", *args.set]
-        goal = TrainScene.Goal(preset="tiny", method="ccl", device="cpu", overrides=overrides)
+        if real:
+            overrides = ["priors.backend=real", *args.set]
+        else:
+            overrides = ["priors.backend=simulator", f"priors.sim_ground_truth={source_path}", *args.set]
+        goal = TrainScene.Goal(preset=args.preset, method="ccl", device=args.device, overrides=overrides)
         last = {"stage": "", "t": 0.0}
 
         def feedback(msg: Any) -> None:
@@ -217,7 +250,9 @@ def run(args: argparse.Namespace) -> int:
         from ..eval.synthetic import gt_objects
         from ..query.export import write_points_ply
 
-        objects = gt_objects(source)
+        objects = gt_objects(source) if source is not None and source.instances else {}
+        if real:  # the user's phrases; ground truth only where the capture has it
+            objects = {q: objects.get(q, []) for q in args.query}
         (out / "objects").mkdir(exist_ok=True)
         evaluations, per_label = [], {}
         for label, gts in sorted(objects.items()):
@@ -234,15 +269,18 @@ def run(args: argparse.Namespace) -> int:
                 clouds.append(pts)
                 colors = arr["colors"].astype(np.float32) / 255.0 if "colors" in arr else None
                 write_points_ply(out / "objects" / f"{label.replace(' ', '_')}_{k}.ply", pts, colors)
-            ev = evaluate_label(clouds, gts, dist_thresh=0.02, label=label)
-            evaluations.append(ev)
+            record = {"num_pred": len(clouds)}
+            if gts:
+                ev = evaluate_label(clouds, gts, dist_thresh=0.02, label=label)
+                evaluations.append(ev)
+                record = ev.to_dict()
             per_label[label] = {
-                **ev.to_dict(),
+                **record,
                 "query_time_ms": float(resp.query_time_ms),
                 "best_score": float(resp.best_score),
                 "centroids": [[i.centroid.x, i.centroid.y, i.centroid.z] for i in resp.instances],
             }
-            f1s = ", ".join(f"{o.f1:.2f}" for o in ev.objects)
+            f1s = ", ".join(f"{o.f1:.2f}" for o in ev.objects) if gts else "no ground truth"
             _say(
                 f"  {label!r}: {len(resp.instances)} instance(s) for {len(gts)} object(s), F1 [{f1s}], "
                 f"{resp.query_time_ms:.1f} ms"
@@ -250,16 +288,18 @@ def run(args: argparse.Namespace) -> int:
         summary = summarise(evaluations)
 
         # 5. pictures from the same scene (library calls on the scene the node serves)
-        files = _pictures(scene_path, source, sorted(objects), out)
+        files = _pictures(scene_path, Capture.load(out / "capture"), sorted(objects), out)
         ok = all(o.f1 >= args.min_f1 for e in evaluations for o in e.objects)
+        ok = ok and (real or bool(evaluations))
         report = {
             "success": ok,
             "min_f1": args.min_f1,
             "seconds": time.monotonic() - t_start,
-            "frames": len(source.frames),
+            "frames": len(source.frames) if source is not None else None,
             "keyframes": keyframes,
             "scene": str(scene_path),
-            "priors_backend": "simulator (documented stand-in for SAM / SAM 2 / CLIP)",
+            "priors_backend": "real (SAM / SAM 2 / CLIP)" if real
+            else "simulator (documented stand-in for SAM / SAM 2 / CLIP)",
             "metrics_3d": summary,
             "per_label": per_label,
             "files": files,
@@ -321,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-f1", type=float, default=0.5, help="success floor of every object's F1")
     p.add_argument("--train-timeout", type=float, default=900.0)
     p.add_argument("--set", action="append", default=[], help="extra section.field=value for training")
+    p.add_argument("--source", default=None,
+                   help="replay this capture folder or rosbag2 instead of a synthetic scene and train with the "
+                        "real models (give their checkpoints with --set priors.sam_checkpoint=... etc.)")
+    p.add_argument("--query", action="append", default=[], help="with --source: a phrase to query; repeatable")
+    p.add_argument("--preset", default="tiny", help="training preset (tiny, fast, default)")
+    p.add_argument("--device", default="cpu", help="device of the training process (cpu, cuda)")
     return p
 
 

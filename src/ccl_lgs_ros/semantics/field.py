@@ -96,7 +96,9 @@ def run_codebook_stage(
         if str(cached.get("settings", "")) == settings:
             n = len(priors)
             return {
-                lv: LevelCodebook(cached[f"codebook.{lv}"], _split(cached[f"codes.{lv}"], cached[f"counts.{lv}"], n))
+                lv: LevelCodebook(
+                    cached[f"codebook.{lv}"], split_by_counts(cached[f"codes.{lv}"], cached[f"counts.{lv}"], n)
+                )
                 for lv in levels
             }
     f = cfg.field
@@ -121,7 +123,8 @@ def run_codebook_stage(
     return result
 
 
-def _split(flat: np.ndarray, counts: np.ndarray, n: int) -> list[np.ndarray]:
+def split_by_counts(flat: np.ndarray, counts: np.ndarray, n: int) -> list[np.ndarray]:
+    """Per-frame arrays back from their concatenation and per-frame lengths."""
     bounds = np.concatenate([[0], np.cumsum(counts)])
     return [flat[bounds[i] : bounds[i + 1]] for i in range(n)]
 
