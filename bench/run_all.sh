@@ -24,8 +24,8 @@ if want render; then
 if want rgb; then
   SYN=$(mktemp -d)/synth
   "$PY" -m ccl_lgs_ros synth "$SYN" --seed 104 --width 128 --height 96 --frames 24
-  run bench/bench_rgb_train.py --capture "$SYN" --iters 300,600 --threads 2 \
-      --preset-overrides "sh_degree=1,max_init_points=15000,densify=false" --out $R/rgb_train; fi
+  run bench/bench_rgb_train.py --capture "$SYN" --iters 1500 --threads 2 \
+      --preset-overrides "sh_degree=1,max_init_points=15000" --out $R/rgb_train; fi
 if want priors; then
   mkdir -p $R/priors
   run bench/bench_priors.py --frames 3 --out $R/priors/priors_cpu_reduced.json; fi
