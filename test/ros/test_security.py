@@ -105,6 +105,8 @@ def test_enforce_without_the_nodes_enclave_refuses_to_start(ros_procs, tmp_path)
     log = _refused(ros_procs, _start(ros_procs, tmp_path, keystore, "Enforce"))
     # rcl's reason names the enclave's folder (so --enclave reached it).
     assert str(keystore / "enclaves" / "ccl_lgs" / "mapper") in log, log[-4000:]
+    # ... in one plain line, not a traceback
+    assert "mapping_node: cannot start ROS 2:" in log and "Traceback" not in log, log[-4000:]
 
 
 @pytest.mark.parametrize("override", [False, True], ids=["enclave_arg", "enclave_override_env"])

@@ -179,7 +179,11 @@ def _tf_buffer_for(node: Node) -> Any:
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)  # SIGINT and SIGTERM shut the context down
+    try:  # SIGINT and SIGTERM shut the context down
+        rclpy.init(args=args if args is not None else sys.argv)
+    except Exception as exc:  # noqa: BLE001 - e.g. ROS_SECURITY_ENABLE with no enclave for this node
+        print(f"mapping_node: cannot start ROS 2: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     node = None
     executor = MultiThreadedExecutor(num_threads=4)
     code = 0
