@@ -180,29 +180,34 @@ class _Blend(torch.autograd.Function):
         return g_coef, g_cols, None, None
 
 
-def _blend_chunk(
-    gids: Tensor,  # [T, K] entry ids (padding points at any valid entry)
-    pad: Tensor,  # [T, K] bool, True where the slot is real
-    origin: Tensor,  # [T, 2] pixel coordinates of each tile's corner
-    feats: Tensor,  # [P, 6] pixel monomials (see _pixel_features)
-    packed: Tensor,  # [E, 6 + D] means2d (2), conics (3), log opacity (1), colours (D)
-    keep: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """Blend one chunk of tiles. Returns colours [T, P, D] and alphas [T, P]."""
-    g = packed[gids]  # [T, K, 6 + D]
-    mx, my = g[..., 0] - origin[:, None, 0], g[..., 1] - origin[:, None, 1]  # tile-local centres
-    a, b, c = g[..., 2], g[..., 3], g[..., 4]
-    # Tile-local coordinates keep the expansion well conditioned in float32. Padding slots get
-    # log opacity -1e4 (alpha 0).
-    log_op = torch.where(pad, g[..., 5], torch.full_like(a, -1e4))
-    coef = torch.stack(
+def _intersection_coefs(
+    entry: Tensor, tile: Tensor, packed: Tensor, tiles_x: int, tiles_y: int, tile_size: int
+) -> Tensor:
+    """``log(opacity) - sigma`` of every intersection as coefficients of the pixel monomials. [M, 6]
+
+    ``sigma`` is a quadratic polynomial in the pixel coordinates, so one matmul against the
+    pixel monomials (:func:`_pixel_features`) evaluates it for every (Gaussian, pixel) pair of a
+    tile. Tile-local coordinates keep the expansion well conditioned in float32.
+    """
+    g = packed[entry]  # [M, 6]: means2d (2), conic (3), log opacity (1)
+    local = tile % (tiles_x * tiles_y)
+    mx = g[:, 0] - (local % tiles_x).to(g.dtype) * tile_size  # tile-local centres
+    my = g[:, 1] - (local // tiles_x).to(g.dtype) * tile_size
+    a, b, c = g[:, 2], g[:, 3], g[:, 4]
+    return torch.stack(
         [
             -0.5 * a, -0.5 * c, -b, a * mx + b * my, c * my + b * mx,
-            log_op - (0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my),
+            g[:, 5] - (0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my),
         ],
         dim=-1,
-    )  # fmt: skip  # [T, K, 6]
-    cols = g[..., 6:]
+    )  # fmt: skip
+
+
+def _blend_chunk(coef: Tensor, cols: Tensor, feats: Tensor, keep: bool) -> tuple[Tensor, Tensor]:
+    """Blend one chunk of tiles: coefficients [T, K, 6] and colours [T, K, D] in depth order.
+
+    Returns colours [T, P, D] and alphas [T, P].
+    """
     if torch.is_grad_enabled() and (coef.requires_grad or cols.requires_grad):
         out, alpha_sum = _Blend.apply(coef, cols, feats, keep)
         return out, alpha_sum
@@ -263,9 +268,16 @@ def composite(
     counts_l = counts[busy].tolist()
     total_pairs = sum(counts_l) * P
     recompute = torch.is_grad_enabled() and total_pairs > checkpoint_above
-    # One gather per chunk instead of one per input (and one scatter in backward).
+    # The per-intersection work (gathers, the polynomial coefficients) is done once for the whole
+    # image, not per chunk; a sentinel row (alpha 0, colour 0) fills the padding slots.
     log_op = torch.log(opacities.clamp(min=1e-12))
-    packed = torch.cat([means2d, conics, log_op[:, None], colors], dim=-1)  # [E, 6 + D]
+    geom = torch.cat([means2d, conics, log_op[:, None]], dim=-1)  # [E, 6]
+    coef_all = _intersection_coefs(entry, tile, geom, tiles_x, tiles_y, tile_size)  # [M, 6]
+    sentinel = torch.zeros(1, 6, device=device, dtype=dtype)
+    sentinel[0, 5] = -1e4
+    coef_all = torch.cat([coef_all, sentinel])
+    cols_all = torch.cat([colors[entry], torch.zeros(1, D, device=device, dtype=dtype)])  # [M + 1, D]
+    M = entry.numel()
 
     out_colors = torch.zeros(n_tiles, P, D, device=device, dtype=dtype)
     out_alphas = torch.zeros(n_tiles, P, device=device, dtype=dtype)
@@ -280,11 +292,8 @@ def composite(
         tiles = busy[i : i + n]
         slot = torch.arange(K, device=device)
         pad = slot[None, :] < counts[tiles][:, None]  # [n, K]
-        idx = (starts[tiles][:, None] + slot[None, :]).clamp(max=max(entry.numel() - 1, 0))
-        gids = torch.where(pad, entry[idx], entry[idx[:, :1]])  # pad with the tile's first entry
-        local = tiles % (tiles_x * tiles_y)
-        origin = torch.stack([local % tiles_x, local // tiles_x], dim=-1).to(dtype) * tile_size  # [n, 2]
-        c, a = _blend_chunk(gids, pad, origin, feats, packed, keep=not recompute)
+        idx = torch.where(pad, starts[tiles][:, None] + slot[None, :], M)  # padding -> sentinel
+        c, a = _blend_chunk(coef_all[idx], cols_all[idx], feats, keep=not recompute)
         done_tiles.append(tiles)
         done_c.append(c)
         done_a.append(a)
