@@ -162,3 +162,27 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     assert m["steps"] == 150 and np.isfinite(m["final_loss"])
     assert (out / "gaussians.npz").is_file() and len(list(out.glob("ckpt_*.npz"))) <= 1
     assert m["psnr_train"] > 15.0, m
+
+
+def test_ssim_matches_the_2d_gaussian_window():
+    import torch.nn.functional as F
+
+    from ccl_lgs_ros.splat.metrics import ssim
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 40, 30, 3, generator=g, dtype=torch.float64)
+    b = (a + 0.1 * torch.randn(a.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    x, y = a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2)
+    ax = torch.arange(11, dtype=torch.float64) - 5
+    w1 = torch.exp(-(ax**2) / (2 * 1.5**2))
+    w = (w1[:, None] * w1[None, :] / w1.sum() ** 2).expand(3, 1, 11, 11)
+
+    def f(t):
+        return F.conv2d(t, w, padding=5, groups=3)
+
+    mx, my = f(x), f(y)
+    sxx, syy, sxy = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
+    ref = ((2 * mx * my + 1e-4) * (2 * sxy + 9e-4) / ((mx**2 + my**2 + 1e-4) * (sxx + syy + 9e-4))).mean()
+    torch.testing.assert_close(ssim(a, b), ref, rtol=1e-12, atol=1e-12)
+    assert float(ssim(a, a)) == pytest.approx(1.0)
+    assert float(ssim(a, b)) < 0.99
