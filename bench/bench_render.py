@@ -2,7 +2,10 @@
 
 Random Gaussians (a 2 m cube seen from 3 m, scales 0.5-3.5 cm) rendered at several sizes; each
 case is timed ``--reps`` times after one warm-up and the median is reported. Peak memory is the
-process's peak RSS growth (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA).
+growth of the peak RSS over the RSS before the case (CPU) or ``torch.cuda.max_memory_allocated``
+(CUDA). Every case runs in a fresh process, with the kernel's peak-RSS counter reset after the
+imports (``/proc/self/clear_refs``): in one long process the allocator keeps freed memory, so a
+case after a larger one showed no growth at all.
 
     PYTHONPATH=src python bench/bench_render.py --out bench/out/render
     PYTHONPATH=src python bench/bench_render.py --tiny          # seconds, for a smoke test
@@ -15,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -57,6 +59,27 @@ def random_scene(n: int, size: int, device: torch.device, seed: int = 0):
     return params, viewmat[None].to(device), K[None].to(device)
 
 
+def _proc_status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> int | None:
+    """Reset the kernel's peak-RSS counter to the current RSS (Linux); returns the current RSS in kB."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        return None
+    return _proc_status_kb("VmRSS")
+
+
 def time_case(n: int, size: int, backend: str, device: torch.device, reps: int, tile_size: int) -> dict:
     params, viewmats, Ks = random_scene(n, size, device)
     kw = {"backend": backend}
@@ -70,7 +93,10 @@ def time_case(n: int, size: int, backend: str, device: torch.device, reps: int, 
             p.grad = None
         return meta
 
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import gc
+
+    gc.collect()
+    rss0 = reset_peak_rss()  # None where the counter cannot be reset: then "not measured"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     meta = once()  # warm-up (and gsplat JIT on first CUDA use)
@@ -83,16 +109,32 @@ def time_case(n: int, size: int, backend: str, device: torch.device, reps: int, 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)
-    peak_mb = (
-        torch.cuda.max_memory_allocated(device) / 2**20
-        if device.type == "cuda"
-        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024.0
-    )
+    peak_mb: float | None
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        hwm = _proc_status_kb("VmHWM")
+        peak_mb = None if rss0 is None or hwm is None else (hwm - rss0) / 1024.0
     return {
         "n_gaussians": n, "size": size, "backend": backend, "tile_size": tile_size if backend == "torch" else None,
         "fwd_bwd_ms_median": 1000 * statistics.median(times), "fwd_bwd_ms_all": [1000 * t for t in times],
         "peak_mem_mb": peak_mb, "n_intersections": meta.get("n_intersections"),
     }  # fmt: skip
+
+
+def _isolated_case(threads: int, *args) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    return time_case(*args)
+
+
+def run_isolated(threads: int, *args) -> dict:
+    """:func:`time_case` in a fresh (spawned) process, so its peak memory is its own."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_isolated_case, threads, *args).result()
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -140,9 +182,10 @@ def main() -> None:
         for size in (int(s) for s in args.sizes.split(",")):
             for n in (int(c) for c in args.counts.split(",")):
                 for ts in (int(t) for t in args.tile_sizes.split(",")) if backend == "torch" else (16,):
-                    r = time_case(n, size, backend, device, args.reps, ts)
-                    print(f"{backend:6s} {size:4d}px {n:7d} G tile {ts:2d}: {r['fwd_bwd_ms_median']:9.1f} ms, "
-                          f"peak {r['peak_mem_mb']:.0f} MB")  # fmt: skip
+                    r = run_isolated(args.threads, n, size, backend, device, args.reps, ts)
+                    peak = "n/a" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
+                    ms = r["fwd_bwd_ms_median"]
+                    print(f"{backend:6s} {size:4d}px {n:7d} G tile {ts:2d}: {ms:9.1f} ms, peak {peak} MB")
                     records.append(r)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "render_bench.json", {"machine": machine(device), "cases": records})
