@@ -260,6 +260,13 @@ class QueryConfig:
         64, "Cap on surface points sampled from one Gaussian before voxel downsampling.", min=1
     )
     embedding_cache_size: int = _f(512, "Text embeddings kept in the LRU cache.", min=0)
+    cloud_cache_mb: float = _f(
+        128.0,
+        "Memory for precomputed surface clouds: the cloud at point_spacing is sampled for the whole "
+        "scene when it is loaded, other spacings per code on first use (then cached, least recently "
+        "used dropped first). 0 = sample the cloud on every query.",
+        min=0.0,
+    )
 
 
 @dataclass

@@ -5,7 +5,8 @@ a voxel is *core* when it and its 26 neighbours hold at least ``min_points`` sel
 core voxels touching each other form a cluster, non-core voxels join a neighbouring core voxel's
 cluster (DBSCAN's border points) or are noise. The grid (voxel of every Gaussian and each voxel's
 26 neighbours) is built once per scene, so a query only touches the voxels its selection
-occupies: ``O(selected + occupied voxels)``, no per-query KD-tree or sort over the points.
+occupies: :meth:`VoxelGrid.cluster_voxels` works from per-voxel counts alone (the query engine
+keeps them per code and voxel), no per-query KD-tree or sort over the points.
 
 It links points up to ``2 * sqrt(3) * eps`` apart (two diagonally adjacent cells) and never
 separates points closer than ``eps``, so two objects are always split when their gap exceeds
@@ -92,40 +93,70 @@ class VoxelGrid:
             int64 ``[len(ids)]``, cluster label 0..C-1 or -1 (noise / excluded point).
         """
         vox = self.voxel_of[np.asarray(ids)]
-        if vox.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        ok = vox >= 0
-        if not ok.all():  # points outside the grid are noise
-            labels = np.full(vox.shape[0], -1, dtype=np.int64)
-            if ok.any():
-                labels[ok] = self.cluster(np.asarray(ids)[ok], min_points)
+        labels = np.full(vox.shape[0], -1, dtype=np.int64)
+        ok = vox >= 0  # points outside the grid are noise
+        if not ok.any():
             return labels
-        v = self.num_voxels
-        counts = np.bincount(vox, minlength=v + 1)  # slot v: the "no neighbour" sentinel, 0
-        occupied = np.flatnonzero(counts[:v])
-        m = occupied.shape[0]
-        local = np.full(v + 1, -1, dtype=np.int64)
-        local[occupied] = np.arange(m)
-        nb = np.take(self.neighbours, occupied, axis=0)  # [m, 26] global
-        nb_local = local[nb]  # [m, 26], -1 = empty for this selection
-        core = counts[occupied] + counts[nb].sum(axis=1) >= min_points
-        core_ext = np.append(core, False)  # index -1 -> False
-        nb_core = core_ext[nb_local]  # [m, 26]
-        link = nb_core & core[:, None]
-        rows, cols = np.nonzero(link)
-        graph = coo_matrix((np.ones(rows.shape[0], dtype=np.int8), (rows, nb_local[rows, cols])), shape=(m, m))
-        _, comp = connected_components(graph.tocsr(), directed=False)
-        comp_ext = np.append(comp, -1)
+        occupied, inverse, counts = np.unique(vox[ok], return_inverse=True, return_counts=True)
+        labels[ok] = self.cluster_voxels(occupied, counts, min_points)[inverse.reshape(-1)]
+        return labels
+
+    def cluster_voxels(self, voxels: np.ndarray, counts: np.ndarray, min_points: int) -> np.ndarray:
+        """The same clustering from per-voxel counts of the selection.
+
+        Args:
+            voxels: sorted, unique voxel ids ``[m]`` the selection occupies.
+            counts: selected points in each of them ``[m]``.
+
+        Returns:
+            int64 ``[m]``, cluster label 0..C-1 (in order of each cluster's lowest voxel) or -1.
+            Costs ``O(m log m)``: nothing proportional to the grid or to the points.
+        """
+        vox = np.asarray(voxels, dtype=np.int64)
+        m = vox.shape[0]
+        if m == 0:
+            return np.zeros(0, dtype=np.int64)
+        cnt = np.asarray(counts, dtype=np.int64)
+        nb = np.take(self.neighbours, vox, axis=0)  # [m, 26] global ids, sentinel V = none
+        pos = np.minimum(np.searchsorted(vox, nb), m - 1)
+        hit = vox[pos] == nb  # the sentinel V is never an occupied voxel id
+        core = cnt + np.where(hit, cnt[pos], 0).sum(axis=1) >= min_points
+        nb_core = hit & core[pos]  # [m, 26], neighbour occupied by the selection and core
+        rows, cols = np.nonzero(nb_core & core[:, None])
+        comp = connected_labels(m, rows, pos[rows, cols])
         # Border voxels take any core neighbour's cluster; the rest is noise.
-        border = np.where(nb_core, comp_ext[nb_local], -1).max(axis=1)
+        border = np.where(nb_core, comp[pos], -1).max(axis=1)
         voxel_label = np.where(core, comp, border)
-        # Compact the labels that survived to 0..C-1, then one gather from a voxel-sized table.
+        # Compact the labels that survived to 0..C-1.
         used, compact = np.unique(voxel_label, return_inverse=True)
-        if used.size and used[0] == -1:
-            compact = compact - 1
-        table = np.full(v + 1, -1, dtype=np.int64)
-        table[occupied] = compact.reshape(-1)
-        return table[vox]
+        compact = compact.reshape(-1)
+        return compact - 1 if used.size and used[0] == -1 else compact
+
+
+def connected_labels(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components of the undirected graph with edges ``a[i] - b[i]`` over ``n`` nodes:
+    int64 ``[n]`` labels 0..C-1 numbered in order of each component's lowest node (what
+    ``scipy.sparse.csgraph.connected_components`` returns), by min-label hooking and pointer
+    jumping: a few vectorised rounds instead of scipy's per-call sparse-matrix overhead."""
+    label = np.arange(n, dtype=np.int64)
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    while a.size:
+        la, lb = label[a], label[b]
+        differ = la != lb
+        if not differ.any():
+            break
+        la, lb = la[differ], lb[differ]
+        low = np.minimum(la, lb)
+        np.minimum.at(label, la, low)  # hook each component's label node under the smaller label
+        np.minimum.at(label, lb, low)
+        while True:  # compress: every node points at its component's current label
+            nxt = label[label]
+            if np.array_equal(nxt, label):
+                break
+            label = nxt
+        a, b = a[differ], b[differ]
+    roots = label == np.arange(n)
+    return (np.cumsum(roots) - 1)[label]
 
 
 def dbscan_open3d(points: np.ndarray, eps: float, min_points: int) -> np.ndarray:

@@ -47,6 +47,49 @@ def voxel_downsample(
     return mean(pts), None if colors is None else mean(np.asarray(colors, np.float64)), out_groups
 
 
+def samples_per_gaussian(scales: np.ndarray, spacing: float, max_per_gaussian: int) -> np.ndarray:
+    """int64 ``[M]``: how many samples :func:`surface_samples` draws from each Gaussian (>= 1)."""
+    s_sorted = np.sort(np.abs(np.asarray(scales, dtype=np.float64).reshape(-1, 3)), axis=1)
+    area = np.pi * (SAMPLE_SIGMAS * s_sorted[:, 2]) * (SAMPLE_SIGMAS * s_sorted[:, 1])
+    return np.clip(np.ceil(area / spacing**2), 1, max_per_gaussian).astype(np.int64)
+
+
+def surface_samples(
+    means: np.ndarray,  # [M, 3]
+    quats: np.ndarray,  # [M, 4] wxyz
+    scales: np.ndarray,  # [M, 3]
+    spacing: float,
+    max_per_gaussian: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw (not yet downsampled) surface samples of ``M`` Gaussians.
+
+    Each Gaussian gets about one sample per ``spacing**2`` of its ``2 sigma`` footprint (trained
+    Gaussians are flat discs on the surface, so the two largest axes set the area), at least one
+    (its centre) and at most ``max_per_gaussian``. Samples are truncated-normal in the Gaussian's
+    own frame.
+
+    Returns:
+        ``(points float64 [S, 3], owner int64 [S])``: the ``M`` centres first (owner ``0..M-1``),
+        then the extra samples; ``owner`` is the row of the Gaussian each sample came from.
+    """
+    m = means.shape[0]
+    centres = np.asarray(means, dtype=np.float64).reshape(-1, 3)
+    if m == 0 or spacing <= 0:
+        return centres, np.arange(m, dtype=np.int64)
+    extra = samples_per_gaussian(scales, spacing, max_per_gaussian) - 1
+    # Every Gaussian contributes its centre; only those larger than the spacing get more.
+    big = np.flatnonzero(extra)
+    if not big.size:
+        return centres, np.arange(m, dtype=np.int64)
+    owner = np.repeat(big, extra[big])
+    z = np.clip(rng.standard_normal((owner.shape[0], 3)), -SAMPLE_SIGMAS, SAMPLE_SIGMAS)
+    rot = quats_to_rotmats(quats[big])[np.repeat(np.arange(big.size), extra[big])]
+    local = z * scales[owner].astype(np.float64)
+    pts = np.concatenate([centres, centres[owner] + np.einsum("nij,nj->ni", rot, local)])
+    return pts, np.concatenate([np.arange(m, dtype=np.int64), owner])
+
+
 def sample_surface(
     means: np.ndarray,  # [M, 3]
     quats: np.ndarray,  # [M, 4] wxyz
@@ -57,34 +100,72 @@ def sample_surface(
     rng: np.random.Generator,
     groups: np.ndarray | None = None,  # int [M], instance of each Gaussian
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Points sampled inside each Gaussian's ellipsoid, voxel-downsampled to ``spacing``.
-
-    Each Gaussian gets about one sample per ``spacing**2`` of its ``2 sigma`` footprint (trained
-    Gaussians are flat discs on the surface, so the two largest axes set the area), at least one
-    (its centre) and at most ``max_per_gaussian``. Samples are truncated-normal in the Gaussian's
-    own frame. Returns ``(points float32 [P, 3], colors float32 [P, 3], groups int64 [P])``,
-    sorted by group.
-    """
+    """Points sampled inside each Gaussian's ellipsoid (:func:`surface_samples`),
+    voxel-downsampled to ``spacing``. Returns ``(points float32 [P, 3], colors float32 [P, 3],
+    groups int64 [P])``, sorted by group."""
     m = means.shape[0]
     grp = np.zeros(m, np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
     if m == 0 or spacing <= 0:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32), np.zeros(0, np.int64)
-    s_sorted = np.sort(np.abs(scales.astype(np.float64)), axis=1)
-    area = np.pi * (SAMPLE_SIGMAS * s_sorted[:, 2]) * (SAMPLE_SIGMAS * s_sorted[:, 1])
-    extra = np.clip(np.ceil(area / spacing**2), 1, max_per_gaussian).astype(np.int64) - 1
-    # Every Gaussian contributes its centre; only those larger than the spacing get more.
-    pts, cols, pgrp = [means.astype(np.float64)], [colors.astype(np.float64)], [grp]
-    big = np.flatnonzero(extra)
-    if big.size:
-        owner = np.repeat(big, extra[big])
-        z = np.clip(rng.standard_normal((owner.shape[0], 3)), -SAMPLE_SIGMAS, SAMPLE_SIGMAS)
-        rot = quats_to_rotmats(quats[big])[np.repeat(np.arange(big.size), extra[big])]
-        local = z * scales[owner].astype(np.float64)
-        pts.append(means[owner].astype(np.float64) + np.einsum("nij,nj->ni", rot, local))
-        cols.append(colors[owner].astype(np.float64))
-        pgrp.append(grp[owner])
-    p, c, g = voxel_downsample(np.concatenate(pts), spacing, np.concatenate(cols), np.concatenate(pgrp))
+    pts, owner = surface_samples(means, quats, scales, spacing, max_per_gaussian, rng)
+    cols = np.asarray(colors, dtype=np.float64)[owner]
+    p, c, g = voxel_downsample(pts, spacing, cols, grp[owner])
     return p, c, g  # type: ignore[return-value]
+
+
+def _cell_keys(cells: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """One int64 key per (group, cell) row; equal keys <=> equal rows."""
+    cells = cells - cells.min(axis=0)
+    dims = cells.max(axis=0) + 1
+    span = float(dims[0]) * float(dims[1]) * float(dims[2]) * float(int(groups.max()) + 1)
+    if span < 2.0**62:
+        return ((groups * dims[0] + cells[:, 0]) * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]
+    # Huge extent at a fine spacing: rank the rows instead (slower, but never overflows).
+    rows = np.concatenate([groups[:, None], cells], axis=1)
+    _, inverse = np.unique(rows, axis=0, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64)
+
+
+def downsample_by_owner(
+    points: np.ndarray,  # [S, 3]
+    colors: np.ndarray,  # [S, 3]
+    groups: np.ndarray,  # int [S], samples of different groups never merge
+    owners: np.ndarray,  # int [S] in [0, num_owners)
+    num_owners: int,
+    spacing: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Average the samples per (group, cube of side ``spacing``) on the fixed world grid
+    ``floor(p / spacing)``; each averaged point belongs to the owner that put most samples in it.
+
+    Returns:
+        ``(points float32 [K, 3], colors float32 [K, 3], starts int64 [num_owners + 1])``, points
+        sorted by owner: owner ``o`` has ``points[starts[o]:starts[o + 1]]``.
+    """
+    s = points.shape[0]
+    if s == 0:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32), np.zeros(num_owners + 1, np.int64)
+    pts = np.asarray(points, dtype=np.float64)
+    key = _cell_keys(np.floor(pts / spacing).astype(np.int64), np.asarray(groups, dtype=np.int64))
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    k = counts.shape[0]
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        out = np.empty((k, 3), dtype=np.float64)
+        for c in range(3):
+            out[:, c] = np.bincount(inverse, weights=values[:, c], minlength=k)
+        return (out / counts[:, None]).astype(np.float32)
+
+    # The owner of each cell: most samples, ties to the lowest owner.
+    own = np.asarray(owners, dtype=np.int64)
+    pair, pair_counts = np.unique(inverse * num_owners + own, return_counts=True)
+    pair_cell, pair_owner = pair // num_owners, pair % num_owners
+    order = np.lexsort((pair_owner, -pair_counts, pair_cell))
+    first = order[np.concatenate([[0], np.flatnonzero(np.diff(pair_cell[order])) + 1])]
+    cell_owner = pair_owner[first]  # cells come out 0..k-1 in order
+    by_owner = np.argsort(cell_owner, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(cell_owner, minlength=num_owners))]).astype(np.int64)
+    return mean(pts)[by_owner], mean(np.asarray(colors, dtype=np.float64))[by_owner], starts
 
 
 @dataclass
