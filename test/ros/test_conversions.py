@@ -195,6 +195,18 @@ def test_point_cloud_round_trip():
     assert conv.cloud_to_arrays(msg)["colors"].tolist() == [[255, 128, 0]]
 
 
+def test_pack_rgb_bits_and_odd_values():
+    cols = RNG.integers(0, 256, (100, 3), dtype=np.uint8)
+    packed = conv.pack_rgb(cols)
+    c = cols.astype(np.uint32)
+    assert packed.dtype == np.uint32
+    np.testing.assert_array_equal(packed, (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2])
+    np.testing.assert_array_equal(conv.unpack_rgb(packed), cols)
+    # Floats round to the nearest byte; NaN and negatives give 0, +inf and > 1 give 255.
+    odd = np.array([[np.nan, np.inf, -np.inf], [-0.5, 2.0, 0.5 / 255 - 1e-9], [0.5, 1.0, 0.0]])
+    assert conv.unpack_rgb(conv.pack_rgb(odd)).tolist() == [[0, 255, 0], [0, 255, 0], [128, 255, 0]]
+
+
 def test_hand_built_cloud_with_padding_and_rows():
     # 2 x 3 organised cloud: x y z at 0/4/8, 4 bytes padding, intensity float64 at 16, row padding 8.
     rec = np.zeros(

@@ -234,11 +234,16 @@ _FIELD_OF_NP = {np.dtype(v).str.lstrip("<>|="): k for k, v in _NP_OF_FIELD.items
 
 def pack_rgb(colors: np.ndarray) -> np.ndarray:
     """Colours ``[N,3]`` (float 0..1 or uint8) -> ``uint32 [N]`` 0x00RRGGBB (PCL's packed rgb)."""
-    c = np.asarray(colors)
+    c = np.asarray(colors).reshape(-1, 3)
     if c.dtype != np.uint8:
-        c = np.clip(np.nan_to_num(c.astype(np.float64)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    c = c.astype(np.uint32)
-    return (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
+        f = c.astype(np.float64) * 255.0 + 0.5
+        np.fmax(f, 0.0, out=f)  # fmax / fmin drop NaN: NaN -> 0, +inf -> 255, -inf -> 0
+        np.fmin(f, 255.0, out=f)
+        c = f.astype(np.uint8)
+    # Little-endian bytes (b, g, r, 0) read as one uint32 are 0x00RRGGBB.
+    out = np.zeros((c.shape[0], 4), dtype=np.uint8)
+    out[:, 0], out[:, 1], out[:, 2] = c[:, 2], c[:, 1], c[:, 0]
+    return out.view("<u4").reshape(-1).astype(np.uint32, copy=False)
 
 
 def unpack_rgb(packed: np.ndarray) -> np.ndarray:
@@ -269,7 +274,7 @@ def arrays_to_cloud(
         if arr.dtype.str.lstrip("<>|=") not in _FIELD_OF_NP:
             raise ConversionError(f"field {name!r} has unsupported dtype {arr.dtype}")
         dtype_fields.append((name, arr.dtype.newbyteorder("<")))
-    rec = np.zeros(n, dtype=dtype_fields)
+    rec = np.empty(n, dtype=dtype_fields)  # packed fields, every one written below
     rec["x"], rec["y"], rec["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
     if colors is not None:
         rec["rgb"] = pack_rgb(np.asarray(colors).reshape(-1, 3))
@@ -353,6 +358,13 @@ def _apply(T: np.ndarray | None, pts: np.ndarray) -> np.ndarray:
     return pts if T is None else pts @ T[:3, :3].T + T[:3, 3]
 
 
+def _apply_f32(T: np.ndarray | None, pts: np.ndarray) -> np.ndarray:
+    """:func:`_apply` for clouds: float32 out, no copy when there is nothing to move."""
+    if T is None:
+        return np.asarray(pts, dtype=np.float32).reshape(-1, 3)
+    return _apply(T, pts).astype(np.float32)
+
+
 def gaussians_to_msg(inst: Any, header: Header, T: np.ndarray | None = None) -> Any:
     """The instance's Gaussians -> ``GaussianArray`` (flat float32 arrays), moved by ``T``."""
     from ccl_lgs_interfaces.msg import GaussianArray
@@ -406,7 +418,7 @@ def instance_to_msg(
     if T is not None:
         box_T = T @ box_T
     ext = np.asarray(inst.box.extent, dtype=np.float64)
-    pts = _apply(T, inst.points)
+    pts = _apply_f32(T, inst.points)
     cloud = arrays_to_cloud(
         pts,
         header,
@@ -430,8 +442,8 @@ def result_to_cloud(result: Any, header: Header, T: np.ndarray | None = None) ->
     """All instances' points in one cloud: x y z rgb relevance instance."""
     pts, cols, rel, ids = [], [], [], []
     for i, inst in enumerate(result.instances):
-        p = np.asarray(inst.points, dtype=np.float64).reshape(-1, 3)
-        pts.append(_apply(T, p))
+        p = np.asarray(inst.points).reshape(-1, 3)
+        pts.append(_apply_f32(T, p))
         cols.append(np.asarray(inst.point_colors).reshape(-1, 3))
         rel.append(np.full(p.shape[0], inst.score, np.float32))
         ids.append(np.full(p.shape[0], i, np.uint32))
