@@ -4,6 +4,9 @@ Synthetic scenes (``ccl_lgs_ros.query.synthetic.blob_scene``): objects on a grid
 ``--labels`` labels shared round-robin by ``--objects`` objects, so one query selects
 ``objects / labels`` instances. Latency is measured with the text embedding cached (the ROS
 service's steady state) and clustering included; the cold time adds the text encoder's call.
+``prepare_s`` is the engine's per-scene work (filters, inverted index, per-unit sums and the
+surface cloud at the default spacing ``--spacing``); ``other_spacing`` is a cloud at a spacing
+that was not precomputed: its first query samples the selected codes, later ones reuse them.
 
     PYTHONPATH=src python bench/bench_query.py --sizes 10000 100000 1000000 --out bench/out/query
 
@@ -97,7 +100,7 @@ def percentile_ms(samples: list[float], q: float) -> float:
 
 def bench_size(n: int, args: argparse.Namespace, encoder: HashTextEncoder) -> dict:
     index, labels = make_scene(n, args.objects, args.labels, encoder)
-    cfg = QueryConfig(cluster_eps=args.eps, cluster_min_points=args.min_points)
+    cfg = QueryConfig(cluster_eps=args.eps, cluster_min_points=args.min_points, point_spacing=args.spacing)
     t0 = time.perf_counter()
     engine = QueryEngine(index, encoder, cfg)
     prepare_s = time.perf_counter() - t0
@@ -107,7 +110,12 @@ def bench_size(n: int, args: argparse.Namespace, encoder: HashTextEncoder) -> di
     first = engine.query(queries[0], point_spacing=0.0)
     cold_ms = (time.perf_counter() - t0) * 1e3
     engine.query_many(queries, point_spacing=0.0)  # warm every embedding
-    row: dict = {"num_gaussians": n, "prepare_s": prepare_s, "cold_ms": cold_ms}
+    row: dict = {
+        "num_gaussians": n,
+        "prepare_s": prepare_s,
+        "prepare_cloud_s": engine.cloud_prepare_s,
+        "cold_ms": cold_ms,
+    }
     for name, spacing in (("no_cloud", 0.0), ("cloud", args.spacing)):
         times, cpu, selected, inst = [], [], [], []
         for rep in range(args.repeats):
@@ -127,6 +135,21 @@ def bench_size(n: int, args: argparse.Namespace, encoder: HashTextEncoder) -> di
             "mean_selected": float(np.mean(selected)),
             "mean_instances": float(np.mean(inst)),
         }
+    other = args.spacing / 2
+    t0 = time.perf_counter()
+    res = engine.query(queries[0], point_spacing=other)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    again = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        engine.query(queries[0], point_spacing=other)
+        again.append(time.perf_counter() - t0)
+    row["other_spacing"] = {
+        "spacing": other,
+        "first_ms": first_ms,
+        "then_p50_ms": percentile_ms(again, 50),
+        "points": int(sum(inst.points.shape[0] for inst in res.instances)),
+    }
     row["expected_instances"] = args.objects / args.labels
     row["first_query_instances"] = len(first.instances)
     row["bytes_per_gaussian"] = engine.index_bytes_per_gaussian()
@@ -202,11 +225,13 @@ def main() -> None:
             f"cpu p50/p95 {row['no_cloud']['cpu_p50_ms']:.2f}/{row['no_cloud']['cpu_p95_ms']:.2f} ms  "
             f"(with cloud p95 {row['cloud']['p95_ms']:7.2f} ms)  cold {row['cold_ms']:.1f} ms  "
             f"selected {row['no_cloud']['mean_selected']:.0f}  instances {row['no_cloud']['mean_instances']:.1f}  "
-            f"prepare {row['prepare_s']:.2f} s",
+            f"prepare {row['prepare_s']:.2f} s  other spacing first/then "
+            f"{row['other_spacing']['first_ms']:.1f}/{row['other_spacing']['then_p50_ms']:.2f} ms",
             flush=True,
         )
     report = {
         "machine": info,
+        "note": "the machine may have been shared with other work: see loadavg_at_start / loadavg_at_end",
         "loadavg_at_end": os.getloadavg(),
         "args": {k: str(v) for k, v in vars(args).items()},
         "sizes": rows,
