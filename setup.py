@@ -28,6 +28,7 @@ setup(
             "ccl-lgs = ccl_lgs_ros.cli:main",
             "mapping_node = ccl_lgs_ros.ros.mapping_node:main",
             "replay = ccl_lgs_ros.ros.replay_node:main",
+            "rviz_preview = ccl_lgs_ros.ros.rviz_preview:main",
         ],
     },
 )

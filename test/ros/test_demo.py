@@ -29,3 +29,6 @@ def test_demo_end_to_end(tmp_path, ros_env_vars):
         assert (out / "renders" / label.replace(" ", "_") / "selection.png").is_file()
         assert len(summary["files"]["relevance"][label]) == 2
     assert list((out / "objects").glob("*.ply"))
+    # what RViz would show, drawn from the node's latched topics as received over DDS
+    rviz = out / "rviz_preview.png"
+    assert summary["files"]["rviz_preview"] == str(rviz) and rviz.stat().st_size > 20_000

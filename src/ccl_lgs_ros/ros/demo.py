@@ -287,8 +287,12 @@ def run(args: argparse.Namespace) -> int:
             )
         summary = summarise(evaluations)
 
-        # 5. pictures from the same scene (library calls on the scene the node serves)
+        # 5. pictures: what RViz would show (the node's latched topics, as received over ROS)
+        # for the label with the most objects, then renders from the scene the node serves
+        rviz_png = _rviz_preview(client, query_cli, objects, out)
         files = _pictures(scene_path, Capture.load(out / "capture"), sorted(objects), out)
+        if rviz_png is not None:
+            files["rviz_preview"] = str(rviz_png)
         ok = all(o.f1 >= args.min_f1 for e in evaluations for o in e.objects)
         ok = ok and (real or bool(evaluations))
         report = {
@@ -319,6 +323,34 @@ def run(args: argparse.Namespace) -> int:
         _stop(node_proc)
         client.destroy_node()
         rclpy.try_shutdown()
+
+
+def _rviz_preview(client: Any, query_cli: Any, objects: dict[str, list], out: Path) -> Path | None:
+    """Query the label with the most objects once more, then draw the node's visualisation
+    topics (scene cloud, query cloud, markers) as received, like ``config/ccl_lgs.rviz``."""
+    import rclpy
+    from ccl_lgs_interfaces.srv import SemanticQuery
+
+    from .rviz_preview import collect, render
+
+    if not objects:
+        return None
+    label = max(sorted(objects), key=lambda k: len(objects[k]))
+    fut = query_cli.call_async(SemanticQuery.Request(query=label))
+    rclpy.spin_until_future_complete(client, fut, timeout_sec=30)
+    resp = fut.result()
+    if resp is None or not resp.success:
+        _say(f"  no RViz preview: the query {label!r} failed")
+        return None
+    got = collect(client, "/ccl_lgs_mapper", timeout=10.0)
+    if "scene" not in got:
+        _say("  no RViz preview: the latched scene cloud did not arrive")
+        return None
+    path = out / "rviz_preview.png"
+    title = f'/semantic_query "{label}": {len(resp.instances)} instance(s)  (RViz topics, drawn offscreen)'
+    render(got, path, title=title)
+    _say(f"  RViz-like preview of the node's topics for {label!r}: {path}")
+    return path
 
 
 def _pictures(scene_path: Path, source: Any, labels: list[str], out: Path) -> dict[str, Any]:
