@@ -155,7 +155,8 @@ def auto_view(
         if d2[i, j] > 1e-8:
             across = np.arctan2(c[j, 1] - c[i, 1], c[j, 0] - c[i, 0]) + np.pi / 2
             yaw = min((across, across + np.pi), key=lambda a: abs(np.angle(np.exp(1j * (a - yaw)))))
-    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    # Robust bounds: a few stray points (floaters, far walls) must not zoom the view out.
+    lo, hi = (pts.min(axis=0), pts.max(axis=0)) if pts.shape[0] < 50 else np.percentile(pts, [2, 98], axis=0)
     radius = max(0.5 * float(np.linalg.norm(hi - lo)) * margin, 0.3)
     view = OrbitView(focal=tuple(0.5 * (lo + hi)), yaw=yaw, pitch=pitch)
     view.distance = radius / np.tan(0.5 * view.fov_y)
@@ -169,6 +170,7 @@ def render_rviz_like(
     scene_colors: np.ndarray | None = None,
     query_points: np.ndarray | None = None,
     query_relevance: np.ndarray | None = None,
+    query_colors: np.ndarray | None = None,
     boxes: Sequence[BoxMarker] = (),
     texts: Sequence[TextMarker] = (),
     spheres: Sequence[SphereMarker] = (),
@@ -187,7 +189,8 @@ def render_rviz_like(
     """Draw the visualisation topics like ``config/ccl_lgs.rviz``; returns the PNG bytes and
     writes them to ``path`` (atomically) unless it is None.
 
-    Colours are 0..1 floats. Without a ``view``, the camera focuses on the query (boxes and
+    Colours are 0..1 floats; the query cloud is coloured by ``query_relevance`` (RViz's
+    rainbow) unless ``query_colors`` are given. Without a ``view``, the camera focuses on the query (boxes and
     query points), or on the scene cloud when there is no query.
     """
     import matplotlib
@@ -203,14 +206,19 @@ def render_rviz_like(
     if sc.shape[0] != sp.shape[0]:
         sc = np.full((sp.shape[0], 3), 0.8)
     qp = arr(query_points, 3)
+    qc = None if query_colors is None else np.clip(arr(query_colors, 3), 0, 1)
+    if qc is not None and qc.shape[0] != qp.shape[0]:
+        raise ValueError(f"{qc.shape[0]} query colours for {qp.shape[0]} query points")
     qr = np.zeros(qp.shape[0]) if query_relevance is None else np.asarray(query_relevance, dtype=np.float64).ravel()
     if sp.shape[0] > max_scene_points:
         keep = np.sort(np.random.default_rng(0).choice(sp.shape[0], max_scene_points, replace=False))
         sp, sc = sp[keep], sc[keep]
     if view is None:
         focus = [qp] + [b.corners() for b in boxes]
-        focus_pts = np.concatenate(focus) if sum(f.shape[0] for f in focus) else sp
-        view = auto_view(focus_pts, centres=np.array([b.center for b in boxes]) if boxes else None)
+        if sum(f.shape[0] for f in focus):
+            view = auto_view(np.concatenate(focus), centres=np.array([b.center for b in boxes]) if boxes else None)
+        else:  # no query: the whole scene
+            view = auto_view(sp, margin=1.2)
     cam = _Camera(view, width, height)
 
     dpi = 100
@@ -257,7 +265,7 @@ def render_rviz_like(
     pts = [sp, qp]
     cols = [
         np.concatenate([np.clip(sc, 0, 1), np.full((sp.shape[0], 1), scene_alpha)], axis=1),
-        np.concatenate([rainbow(qr), np.ones((qp.shape[0], 1))], axis=1),
+        np.concatenate([qc if qc is not None else rainbow(qr), np.ones((qp.shape[0], 1))], axis=1),
     ]
     allp = np.concatenate(pts)
     uv, z = cam.project(allp)

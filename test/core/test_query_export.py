@@ -66,3 +66,19 @@ def test_export_result_writes_clouds_gaussians_png_and_json(tmp_path):
     # Nothing found still writes a valid (empty) selection and a preview.
     empty = export_result(tmp_path / "none", index, QueryEngine(index, enc, cfg()).query("zorblax"))
     assert PlyData.read(empty["gaussians"])["vertex"].count == 0 and empty["instances"] == []
+
+
+def test_selection_png_shows_each_instance_in_its_colour(tmp_path):
+    import cv2
+
+    from ccl_lgs_ros.query.export import _PALETTE, render_selection_png
+
+    enc = FakeTextEncoder()
+    scene, _ = two_mugs_scene(3000)
+    index = scene.index(codebook(enc))
+    res = QueryEngine(index, enc, cfg()).query("mug")
+    render_selection_png(tmp_path / "sel.png", index, res, width=400, height=300)
+    img = cv2.imread(str(tmp_path / "sel.png"))[:, :, ::-1].astype(int)
+    for k in range(2):  # both mugs visible, each in its palette colour
+        near = np.abs(img - np.round(_PALETTE[k] * 255)).max(axis=2) < 20
+        assert near.sum() > 30, k

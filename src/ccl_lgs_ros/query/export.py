@@ -79,77 +79,46 @@ def render_selection_png(
     index: SemanticIndex,
     result: QueryResult,
     *,
-    width: int = 960,
-    height: int = 720,
-    elevation_deg: float = 35.0,
-    azimuth_deg: float = -60.0,
+    width: int = 1200,
+    height: int = 800,
     max_background: int = 300_000,
 ) -> None:
-    """Point-splat preview: the scene dimmed, each instance in its own colour with its box.
-
-    An orthographic view from (``azimuth_deg``, ``elevation_deg``) around the world z axis
-    (assumed up), painter's-algorithm ordering; matplotlib Agg, no GPU or display needed.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    az, el = np.deg2rad(azimuth_deg), np.deg2rad(elevation_deg)
-    view_dir = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])  # towards camera
-    right = np.cross([0.0, 0.0, 1.0], view_dir)
-    right /= np.linalg.norm(right)
-    up = np.cross(view_dir, right)
-    basis = np.stack([right, up, view_dir], axis=1)  # world -> (u, v, depth)
+    """Preview of a query result, drawn like RViz (:func:`ccl_lgs_ros.viz.render_rviz_like`):
+    the scene's Gaussian centres in their colours, each instance's cloud in its own colour with
+    its oriented box and score, the camera focused on the instances (on the scene when nothing
+    was found). Matplotlib Agg, no GPU or display needed."""
+    from ..geometry import matrix_to_quat_xyzw
+    from ..viz import BoxMarker, TextMarker, render_rviz_like
 
     rng = np.random.default_rng(0)
-    n = index.num_gaussians
     keep = np.flatnonzero(index.opacities >= 0.05)
     if keep.size > max_background:
         keep = np.sort(rng.choice(keep, max_background, replace=False))
-    pts = [index.means[keep]]
-    cols = [0.35 + 0.4 * index.colors[keep]]  # dimmed, washed out
-    sizes = [np.full(keep.size, 2.0)]
+    clouds, colors, boxes, texts = [], [], [], []
     for i, inst in enumerate(result.instances):
+        col = _PALETTE[i % len(_PALETTE)]
         cloud = inst.points if inst.points.shape[0] else index.means[inst.gaussian_ids]
-        pts.append(cloud)
-        cols.append(np.tile(_PALETTE[i % len(_PALETTE)], (cloud.shape[0], 1)))
-        sizes.append(np.full(cloud.shape[0], 5.0))
-    allp = np.concatenate(pts).astype(np.float64) @ basis if n or result.instances else np.zeros((0, 3))
-    allc = np.concatenate(cols) if cols else np.zeros((0, 3))
-    alls = np.concatenate(sizes)
-    order = np.argsort(allp[:, 2])  # far first
-    fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_facecolor("black")
-    fig.patch.set_facecolor("black")
-    if allp.shape[0]:
-        ax.scatter(
-            allp[order, 0], allp[order, 1], c=np.clip(allc[order], 0, 1), s=alls[order], marker=".", linewidths=0
-        )
-    edges = [(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1]
-    for i, inst in enumerate(result.instances):
-        corners = inst.box.corners() @ basis
-        for a, b in edges:
-            ax.plot(corners[[a, b], 0], corners[[a, b], 1], color=_PALETTE[i % len(_PALETTE)], linewidth=1.0)
-        c = inst.centroid @ basis
-        ax.text(c[0], c[1], f"{i}: {inst.score:.2f}", color="white", fontsize=8)
+        clouds.append(cloud)
+        colors.append(np.tile(col, (cloud.shape[0], 1)))
+        quat = matrix_to_quat_xyzw(inst.box.rotation)
+        boxes.append(BoxMarker(inst.box.center, quat, inst.box.extent, (*col, 0.3)))
+        top = inst.box.center + [0.0, 0.0, 0.5 * float(inst.box.extent.max()) + 0.03]
+        texts.append(TextMarker(top, f"#{i} ({inst.score:.2f})"))
     title = f'"{result.text}": ' + (f"{len(result.instances)} instance(s)" if result.found else "nothing found")
-    ax.text(
-        0.01,
-        0.98,
-        f"{title} (best {result.best_score:.2f})",
-        transform=ax.transAxes,
-        color="white",
-        va="top",
-        fontsize=10,
+    render_rviz_like(
+        path,
+        scene_points=index.means[keep],
+        scene_colors=index.colors[keep],
+        query_points=np.concatenate(clouds) if clouds else None,
+        query_colors=np.concatenate(colors) if colors else None,
+        boxes=boxes,
+        texts=texts,
+        fixed_frame=index.frame_id,
+        title=f"{title} (best {result.best_score:.2f})",
+        width=width,
+        height=height,
+        query_sphere_m=0.006,
     )
-    ax.set_aspect("equal", adjustable="datalim")
-    ax.axis("off")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", facecolor=fig.get_facecolor())
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def export_result(out_dir: str | Path, index: SemanticIndex, result: QueryResult, *, png: bool = True) -> dict:
