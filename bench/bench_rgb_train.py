@@ -9,7 +9,9 @@ blobs rendered by this package, ``--toy-views`` views at ``--toy-size`` px).
     PYTHONPATH=src python bench/bench_rgb_train.py --tiny      # toy capture, seconds
 
 Writes ``rgb_train_bench.json`` (machine info, settings, one record per run) and
-``rgb_train_bench.png`` (PSNR vs seconds).
+``rgb_train_bench.png`` (PSNR vs seconds). Each run also records the process CPU seconds of its
+training and the load average before and after it: on a shared machine the wall time includes
+waiting for other work, the CPU time does not.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +44,27 @@ def machine(device: str) -> dict:
         "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
         "load_avg_1min": os.getloadavg()[0],
     }
+
+
+def _vm_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> int | None:
+    """Reset the kernel's peak-RSS counter to the current RSS (Linux); the current RSS in kB, or None."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        return None
+    return _vm_kb("VmRSS")
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -95,18 +117,29 @@ def main() -> None:
         for item in filter(None, args.preset_overrides.split(",")):
             key, value = item.split("=", 1)
             set_value(cfg, f"rgb.{key.strip()}", value)  # validated; "false" really is False
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        t = time.perf_counter()
+        rss0 = reset_peak_rss()  # so a run is not hidden behind an earlier, larger one
+        load0 = os.getloadavg()[0]
+        t, cpu = time.perf_counter(), time.process_time()
         m = train_rgb(capture, cfg, work / f"run_{iters}", args.device, progress=False, resume=False)
         m["wall_s"] = time.perf_counter() - t
-        m["peak_rss_growth_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024.0
-        print(f"{iters:6d} steps: {m['train_time_s']:8.1f} s, held-out PSNR {m['psnr_test']}, {m['n_gaussians']} G")
+        m["cpu_s_with_eval"] = time.process_time() - cpu
+        m["load_avg_1min_before_after"] = [load0, os.getloadavg()[0]]
+        m["settings"] = {k: getattr(cfg.rgb, k) for k in vars(cfg.rgb)}
+        hwm = _vm_kb("VmHWM")
+        m["peak_rss_growth_mb"] = None if rss0 is None or hwm is None else (hwm - rss0) / 1024.0
+        print(
+            f"{iters:6d} steps: {m['train_time_s']:8.1f} s (cpu {m['cpu_s_with_eval']:.0f} s incl. eval), "
+            f"held-out PSNR {m['psnr_test']}, {m['n_gaussians']} G"
+        )
         records.append(m)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "rgb_train_bench.json", {
         "machine": machine(args.device),
         "capture": str(args.capture or f"toy {args.toy_views} views {args.toy_size}px"),
         "downscale": args.downscale,
+        "preset_overrides": args.preset_overrides,
+        "note": "train_time_s is wall time; other work may have been running on the machine "
+        "(see load_avg_1min_before_after and cpu_s_with_eval per run)",
         "runs": records,
     })  # fmt: skip
     plot(records, args.out / "rgb_train_bench.png")
