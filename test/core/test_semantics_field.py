@@ -107,6 +107,14 @@ def test_variants_train_and_evaluate(method: str, tmp_path: Path) -> None:
     for lv, p in probs.items():
         assert p.shape == (load_field(scene).num_gaussians, cfg.field.codebook_size)
         assert np.allclose(np.linalg.norm(codebooks[lv], axis=1), 1.0, atol=1e-4)
+    if method == "cgc":
+        # CGC trains on rendered *unit* per-Gaussian directions (free norms let cancelling blends
+        # meet the loss while each Gaussian's own direction, read by clusters and queries, stays
+        # random); the saved features must be those directions, so that relevance rendering and
+        # the query index see what training saw.
+        field = load_field(scene)
+        for lv in field.levels:
+            np.testing.assert_allclose(np.linalg.norm(field.features[lv], axis=1), 1.0, atol=1e-4)
 
 
 def test_query_index_from_the_field(base, tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ Query index: the decoded per-Gaussian vectors are quantised by spherical k-means
 ``codebook_size`` prototypes (the level ``"g"`` codebook), so the query engine's codebook lookup
 applies unchanged; 2D relevance decodes pixel vectors directly.
 
-**cgc** (contrastive Gaussian clustering): per level, a unit feature per Gaussian; in each view the
+**cgc** (contrastive Gaussian clustering): per level, a unit feature per Gaussian (the raw
+parameters are normalised before rendering, so a pixel is a convex blend of directions); in each view the
 rendered features of sampled pixels are classified against the normalised means of the view's
 masks (``softmax(cos / tau)``, cross-entropy to the pixel's own mask): same mask pulled together,
 different masks pushed apart, no cross-view identity needed. The 3D spatial regulariser is on.
@@ -168,11 +169,21 @@ class CGCObjective:
         self.codebook_size = codebook_size
         self.seed = seed
         self.gen = torch.Generator(device="cpu").manual_seed(seed + 1)
-        init = torch.randn(n_gaussians, len(self.levels) * feature_dim, generator=gen)
+        # Small raw vectors (like the CCL field's): the features are used as directions, and
+        # Adam's step per coordinate is about lr whatever the norm, so the norm sets how fast a
+        # direction turns. From unit-variance rows (norm ~sqrt(d)) 300 steps of 1e-2 left each
+        # object's Gaussians pointing in scattered directions (mean resultant length ~0.35).
+        init = 0.1 * torch.randn(n_gaussians, len(self.levels) * feature_dim, generator=gen)
         self.features = torch.nn.Parameter(init.to(device))
 
     def colors(self) -> torch.Tensor:
-        return self.features
+        # Unit features per level: a pixel renders a convex blend of its Gaussians' directions.
+        # Free-norm features let the contrastive loss on rendered pixels be met by blends of
+        # large, cancelling vectors, which leaves each Gaussian's own direction (what the clusters,
+        # the 3D spatial regulariser and the query read) meaningless.
+        d = self.feature_dim
+        return torch.cat([F.normalize(level_slice(self.features, li, d), dim=-1) for li in range(len(self.levels))],
+                         dim=1)  # fmt: skip
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.features]
@@ -206,7 +217,7 @@ class CGCObjective:
     @torch.no_grad()
     def finish(self, gaussians: FrozenGaussians, views: Sequence[FieldView], backend: str) -> SemanticField:
         d = self.feature_dim
-        feats = self.features.detach()
+        feats = self.colors().detach()
         weights = gaussians.opacities.detach().cpu().numpy()
         centroids = {}
         for li, lv in enumerate(self.levels):
@@ -230,7 +241,7 @@ class CGCObjective:
         for group in group_by_size(views):
             for start in range(0, len(group), 4):
                 batch = group[start : start + 4]
-                rendered = render_features(gaussians, self.features.detach(), batch, backend)
+                rendered = render_features(gaussians, self.colors().detach(), batch, backend)
                 for li, lv in enumerate(self.levels):
                     cen = torch.as_tensor(centroids[lv], device=rendered.device)
                     for b, view in enumerate(batch):
