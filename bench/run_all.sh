@@ -21,7 +21,8 @@ if want service; then
 if want capture; then
   run bench/bench_capture.py --seconds 4 --rate 30 --formats jpg png --out $R/capture; fi
 if want render; then
-  run bench/bench_render.py --counts 10000,50000 --sizes 128,256 --reps 5 --threads 2 --out $R/render; fi
+  run bench/bench_render.py --counts 10000,50000 --sizes 128,256 --reps 5 --threads 2 --out $R/render
+  run bench/bench_render.py --counts 10000,50000 --sizes 128,256 --reps 5 --threads 1 --out $R/render_1thread; fi
 if want rgb; then
   SYN=$(mktemp -d)/synth
   "$PY" -m ccl_lgs_ros synth "$SYN" --seed 104 --width 128 --height 128 --frames 24
