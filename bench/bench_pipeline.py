@@ -30,6 +30,10 @@ VARIANTS = {
     "ccl": {},
     "ccl-decoded": {"field.query_codes": "decoded"},
     "ccl-spatial": {"field.spatial_lambda": 0.1},
+    # Codebook size N per level (the tiny preset uses 32, the default 64).
+    "ccl-n16": {"field.codebook_size": 16},
+    "ccl-n64": {"field.codebook_size": 64},
+    "ccl-n128": {"field.codebook_size": 128},
     "gags": {"field.method": "gags"},
     "cgc": {"field.method": "cgc"},
 }

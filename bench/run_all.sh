@@ -38,3 +38,6 @@ if want priors; then
 if want pipeline; then
   run bench/bench_pipeline.py --seeds 101 102 103 \
       --variants ccl ccl-decoded baseline pull push gags cgc --out $R/pipeline_ablation.json; fi
+if want codebook; then
+  run bench/bench_pipeline.py --seeds 101 102 103 \
+      --variants ccl-n16 ccl-n64 ccl-n128 --out $R/pipeline_codebook_size.json; fi
