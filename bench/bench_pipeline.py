@@ -106,6 +106,7 @@ def main() -> int:
     p.add_argument("--keep", type=Path, default=None, help="keep scenes here instead of a temp folder")
     args = p.parse_args()
 
+    host = machine()  # before the runs: its load average is the one at the start
     work = args.keep or Path(tempfile.mkdtemp(prefix="ccl_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     runs = []
@@ -131,7 +132,7 @@ def main() -> int:
         "note": "the machine may have been shared with other work while this ran (see loadavg_start / "
                 "loadavg_end); seconds_total = the RGB stage (trained once per seed, shared by the variants "
                 "unless --no-share-rgb) + the variant's priors, codebook, field and query index",
-        "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"), "machine": host,
         "settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "summary": summary}
     doc["machine"]["loadavg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
