@@ -64,6 +64,13 @@ def main() -> int:
         help="FastDDS transports of node and client: what the LOCALHOST discovery range gives (default) "
         "or shared memory only (FASTDDS_BUILTIN_TRANSPORTS=SHM)",
     )
+    p.add_argument(
+        "--clouds",
+        type=int,
+        choices=[0, 1, 2],
+        default=0,
+        help="the request's `clouds`: 0 both (default), 1 only the combined cloud, 2 only per-instance points",
+    )
     args = p.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +114,7 @@ def main() -> int:
 
         def call(spacing: float) -> tuple[object, float]:
             t0 = time.perf_counter()
-            fut = cli.call_async(SemanticQuery.Request(query="red mug", point_spacing=spacing))
+            fut = cli.call_async(SemanticQuery.Request(query="red mug", point_spacing=spacing, clouds=args.clouds))
             rclpy.spin_until_future_complete(client_node, fut, timeout_sec=30)
             return fut.result(), (time.perf_counter() - t0) * 1e3
 
@@ -120,11 +127,11 @@ def main() -> int:
             if resp is None or not resp.success:
                 print("query failed:", getattr(resp, "message", "no response"))
                 return 1
-            n = resp.cloud.width
+            n = max(resp.cloud.width, sum(i.points.width for i in resp.instances))
             if abs(n - args.points) / args.points < 0.1:
                 break
             spacing *= float(np.sqrt(max(n, 1) / args.points))
-        n_points = int(resp.cloud.width)
+        n_points = int(max(resp.cloud.width, sum(i.points.width for i in resp.instances)))
         rtt, engine = [], []
         for _ in range(args.calls):
             resp, ms = call(spacing)
@@ -134,7 +141,9 @@ def main() -> int:
         result = {
             "points": n_points,
             "transport": args.transport,
+            "clouds": args.clouds,
             "cloud_bytes": len(resp.cloud.data),
+            "reply_cloud_bytes": len(resp.cloud.data) + sum(len(i.points.data) for i in resp.instances),
             "calls": args.calls,
             "point_spacing": spacing,
             "round_trip_ms": {
@@ -160,7 +169,8 @@ def main() -> int:
         atomic_write_json(out / "service_latency.json", result)
         r = result["round_trip_ms"]
         print(
-            f"{n_points} points ({result['cloud_bytes'] / 1e6:.1f} MB): round trip p50 {r['p50']:.1f} ms, "
+            f"{n_points} points (clouds={args.clouds}, {result['reply_cloud_bytes'] / 1e6:.1f} MB of clouds): "
+            f"round trip p50 {r['p50']:.1f} ms, "
             f"p95 {r['p95']:.1f} ms (target 30); node query p50 {result['node_query_ms']['p50']:.1f} ms; "
             f"transport p50 {result['transport_ms_p50']:.1f} ms; first call at this spacing {first_ms:.0f} ms"
         )

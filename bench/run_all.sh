@@ -17,7 +17,9 @@ if want query; then
   run bench/bench_query.py --sizes 10000 100000 300000 1000000 2000000 --repeats 40 --out $R/query; fi
 if want service; then
   run bench/bench_service.py --points 50000 --calls 200 --out $R/service
-  run bench/bench_service.py --points 50000 --calls 200 --transport shm --out $R/service_shm; fi
+  run bench/bench_service.py --points 50000 --calls 200 --transport shm --out $R/service_shm
+  # only the combined cloud in the reply (request field clouds=1): half the bytes
+  run bench/bench_service.py --points 50000 --calls 200 --clouds 1 --out $R/service_combined_only; fi
 if want capture; then
   run bench/bench_capture.py --seconds 4 --rate 30 --formats jpg png --out $R/capture; fi
 if want render; then

@@ -290,6 +290,28 @@ def test_query_result_to_response_and_markers():
     assert resp.instances[0].gaussians.count == 0
 
 
+@pytest.mark.parametrize("clouds", [conv.CLOUDS_BOTH, conv.CLOUDS_COMBINED, conv.CLOUDS_PER_INSTANCE])
+def test_response_carries_the_clouds_asked_for(clouds):
+    from ccl_lgs_interfaces.srv import SemanticQuery
+
+    insts = [_instance([1.0, 0.0, 0.5]), _instance([0.0, 2.0, 0.5], 0.6, 20)]
+    result = QueryResult("red mug", True, 0.9, 0.5, "wp", "map", insts, 50, ["object"])
+    req = SemanticQuery.Request()
+    assert (req.CLOUDS_BOTH, req.CLOUDS_COMBINED, req.CLOUDS_PER_INSTANCE) == (0, 1, 2)  # the .srv constants
+    resp = conv.fill_query_response(SemanticQuery.Response(), result, conv.make_header("map"), clouds=clouds)
+    combined = conv.cloud_to_arrays(resp.cloud)
+    own = [conv.cloud_to_arrays(i.points) for i in resp.instances]
+    want_combined = 50 if clouds != conv.CLOUDS_PER_INSTANCE else 0
+    want_own = [30, 20] if clouds != conv.CLOUDS_COMBINED else [0, 0]
+    assert resp.cloud.width == want_combined and combined["points"].shape == (want_combined, 3)
+    assert "instance" in combined and "relevance" in combined  # fields declared even when empty
+    assert [o["points"].shape[0] for o in own] == want_own and all("relevance" in o for o in own)
+    # centroids and boxes are there whichever clouds were asked for
+    assert resp.instances[1].centroid.y == pytest.approx(2.0) and resp.instances[0].box_size.z == pytest.approx(0.3)
+    with pytest.raises(conv.ConversionError, match="clouds is 3"):
+        conv.fill_query_response(SemanticQuery.Response(), result, conv.make_header("map"), clouds=3)
+
+
 def test_empty_result():
     from ccl_lgs_interfaces.srv import SemanticQuery
 

@@ -128,6 +128,12 @@ def test_load_scene_and_query(mapper):
     assert miss.success and not miss.found and miss.cloud.width == 0
     g = query(mapper, "blue bowl", include_gaussians=True, max_instances=1)
     assert g.found and g.instances[0].gaussians.count > 100
+    # one of the two clouds only: the reply is about half the size, the rest unchanged
+    only = query(mapper, "red mug", clouds=1)
+    assert only.cloud.width == r.cloud.width and only.instances[0].points.width == 0
+    own = query(mapper, "red mug", clouds=2)
+    assert own.cloud.width == 0 and own.instances[0].points.width == r.instances[0].points.width
+    assert own.instances[0].centroid == r.instances[0].centroid
 
 
 # ------------------------------------------------------------------------------ bad requests
@@ -149,6 +155,7 @@ def test_load_scene_and_query(mapper):
         ("red mug", {"point_spacing": math.inf}, "finite"),
         ("red mug", {"target_frame": "no_such_frame"}, "unknown target_frame"),
         ("red mug", {"negatives": [""]}, "negative phrase"),
+        ("red mug", {"clouds": 7}, "clouds is 7"),
     ],
 )
 def test_bad_requests_fail_cleanly(mapper, text, fields, why):

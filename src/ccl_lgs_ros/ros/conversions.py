@@ -16,6 +16,7 @@ message naming the problem; callers log it and drop the message.
 from __future__ import annotations
 
 import array
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -395,6 +396,10 @@ def gaussians_to_msg(inst: Any, header: Header, T: np.ndarray | None = None) -> 
     )
 
 
+#: Values of ``SemanticQuery.Request.clouds`` (the .srv's CLOUDS_* constants).
+CLOUDS_BOTH, CLOUDS_COMBINED, CLOUDS_PER_INSTANCE = 0, 1, 2
+
+
 def instance_to_msg(
     inst: Any,
     instance_id: int,
@@ -402,10 +407,12 @@ def instance_to_msg(
     header: Header,
     T: np.ndarray | None = None,
     include_gaussians: bool = False,
+    with_points: bool = True,
 ) -> Any:
     """A :class:`~ccl_lgs_ros.query.engine.Instance` -> ``ObjectInstance`` in ``header.frame_id``.
 
-    ``T`` maps the engine's world frame to the target frame (``None`` = identity).
+    ``T`` maps the engine's world frame to the target frame (``None`` = identity); without
+    ``with_points`` the instance's ``points`` cloud is left empty (its fields still declared).
     """
     from ccl_lgs_interfaces.msg import GaussianArray, ObjectInstance
 
@@ -418,11 +425,11 @@ def instance_to_msg(
     if T is not None:
         box_T = T @ box_T
     ext = np.asarray(inst.box.extent, dtype=np.float64)
-    pts = _apply_f32(T, inst.points)
+    pts = _apply_f32(T, inst.points) if with_points else np.zeros((0, 3), np.float32)
     cloud = arrays_to_cloud(
         pts,
         header,
-        colors=np.asarray(inst.point_colors).reshape(-1, 3),
+        colors=np.asarray(inst.point_colors).reshape(-1, 3)[: pts.shape[0]],
         fields={"relevance": np.full(pts.shape[0], inst.score, np.float32)},
     )
     msg = ObjectInstance(
@@ -468,16 +475,28 @@ def fill_query_response(
     header: Header,
     T: np.ndarray | None = None,
     include_gaussians: bool = False,
+    clouds: int = CLOUDS_BOTH,
 ) -> Any:
-    """Fill a ``SemanticQuery.Response`` from a :class:`QueryResult` (success = True)."""
+    """Fill a ``SemanticQuery.Response`` from a :class:`QueryResult` (success = True).
+
+    ``clouds`` (the request field): :data:`CLOUDS_BOTH` fills each instance's points and the
+    combined cloud, :data:`CLOUDS_COMBINED` only the combined cloud, :data:`CLOUDS_PER_INSTANCE`
+    only the instances' points (the combined cloud is then empty, with its fields declared)."""
+    if clouds not in (CLOUDS_BOTH, CLOUDS_COMBINED, CLOUDS_PER_INSTANCE):
+        raise ConversionError(f"clouds is {clouds}; use 0 (both), 1 (combined only) or 2 (per instance only)")
     resp.success = True
     resp.found = bool(result.found)
     resp.best_score = float(result.best_score)
     resp.message = result.message or f"{len(result.instances)} instance(s)"
+    per_instance = clouds != CLOUDS_COMBINED
     resp.instances = [
-        instance_to_msg(inst, i, result.text, header, T, include_gaussians) for i, inst in enumerate(result.instances)
+        instance_to_msg(inst, i, result.text, header, T, include_gaussians, with_points=per_instance)
+        for i, inst in enumerate(result.instances)
     ]
-    resp.cloud = result_to_cloud(result, header, T)
+    if clouds == CLOUDS_PER_INSTANCE:
+        resp.cloud = result_to_cloud(dataclasses.replace(result, instances=[]), header, T)
+    else:
+        resp.cloud = result_to_cloud(result, header, T)
     return resp
 
 
@@ -521,6 +540,9 @@ def instances_to_markers(instances: Sequence[Any], header: Header, ns: str = "se
 
 
 __all__ = [
+    "CLOUDS_BOTH",
+    "CLOUDS_COMBINED",
+    "CLOUDS_PER_INSTANCE",
     "HAVE_CV_BRIDGE",
     "ConversionError",
     "arrays_to_cloud",

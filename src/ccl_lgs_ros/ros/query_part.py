@@ -63,6 +63,8 @@ def check_request(req: Any, max_chars: int) -> None:
             raise RequestError(f"{name} is negative ({v}); give a value >= 0 (0 = the node's default)")
     if req.threshold > 1:
         raise RequestError(f"threshold is {req.threshold}; relevance thresholds lie in [0, 1] (0 = default)")
+    if req.clouds not in (conv.CLOUDS_BOTH, conv.CLOUDS_COMBINED, conv.CLOUDS_PER_INSTANCE):
+        raise RequestError(f"clouds is {req.clouds}; use 0 (both), 1 (combined cloud only) or 2 (per instance only)")
     if len(req.negatives) > 64:
         raise RequestError(f"{len(req.negatives)} negatives given; at most 64 are accepted")
     for neg in req.negatives:
@@ -179,8 +181,11 @@ class SceneServer:
                 include_gaussians=bool(req.include_gaussians),
             )
         header = conv.make_header(frame, self.node.get_clock().now().to_msg())
-        conv.fill_query_response(resp, result, header, T, include_gaussians=bool(req.include_gaussians))
-        self.query_pub.publish(resp.cloud)
+        gaussians = bool(req.include_gaussians)
+        conv.fill_query_response(resp, result, header, T, include_gaussians=gaussians, clouds=req.clouds)
+        # RViz shows the combined cloud whichever clouds the caller asked for.
+        per_instance_only = req.clouds == conv.CLOUDS_PER_INSTANCE
+        self.query_pub.publish(conv.result_to_cloud(result, header, T) if per_instance_only else resp.cloud)
         self.marker_pub.publish(conv.instances_to_markers(resp.instances, header))
 
 
