@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from _rss import proc_status_kb, reset_peak_rss
 
 from ccl_lgs_ros.io import atomic_write_json
 from ccl_lgs_ros.splat.render import rasterize
@@ -60,27 +61,6 @@ def random_scene(n: int, size: int, device: torch.device, seed: int = 0):
     return params, viewmat[None].to(device), K[None].to(device)
 
 
-def _proc_status_kb(key: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> int | None:
-    """Reset the kernel's peak-RSS counter to the current RSS (Linux); returns the current RSS in kB."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-    except OSError:
-        return None
-    return _proc_status_kb("VmRSS")
-
-
 def time_case(n: int, size: int, backend: str, device: torch.device, reps: int, tile_size: int) -> dict:
     params, viewmats, Ks = random_scene(n, size, device)
     kw = {"backend": backend}
@@ -114,7 +94,7 @@ def time_case(n: int, size: int, backend: str, device: torch.device, reps: int, 
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        hwm = _proc_status_kb("VmHWM")
+        hwm = proc_status_kb("VmHWM")
         peak_mb = None if rss0 is None or hwm is None else (hwm - rss0) / 1024.0
     return {
         "n_gaussians": n, "size": size, "backend": backend, "tile_size": tile_size if backend == "torch" else None,

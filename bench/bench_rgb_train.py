@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from _rss import proc_status_kb, reset_peak_rss
 
 from ccl_lgs_ros.capture.format import Capture
 from ccl_lgs_ros.config import Config, set_value
@@ -44,27 +45,6 @@ def machine(device: str) -> dict:
         "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
         "load_avg_1min": os.getloadavg()[0],
     }
-
-
-def _vm_kb(key: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> int | None:
-    """Reset the kernel's peak-RSS counter to the current RSS (Linux); the current RSS in kB, or None."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-    except OSError:
-        return None
-    return _vm_kb("VmRSS")
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -125,7 +105,7 @@ def main() -> None:
         m["cpu_s_with_eval"] = time.process_time() - cpu
         m["load_avg_1min_before_after"] = [load0, os.getloadavg()[0]]
         m["settings"] = {k: getattr(cfg.rgb, k) for k in vars(cfg.rgb)}
-        hwm = _vm_kb("VmHWM")
+        hwm = proc_status_kb("VmHWM")
         m["peak_rss_growth_mb"] = None if rss0 is None or hwm is None else (hwm - rss0) / 1024.0
         print(
             f"{iters:6d} steps: {m['train_time_s']:8.1f} s (cpu {m['cpu_s_with_eval']:.0f} s incl. eval), "
