@@ -39,6 +39,11 @@ def isolate(out: Path, transport: str) -> dict[str, str]:
     if transport == "shm":  # FastDDS shared memory only: never leaves the machine either
         env["FASTDDS_BUILTIN_TRANSPORTS"] = "SHM"
         keys.append("FASTDDS_BUILTIN_TRANSPORTS")
+    if transport in ("profile", "profile_node"):  # the shipped Fast DDS profile (16 MB shared-memory segments)
+        profile = str(REPO / "config" / "fastdds_large_data.xml")
+        env["FASTRTPS_DEFAULT_PROFILES_FILE"] = env["FASTDDS_DEFAULT_PROFILES_FILE"] = profile
+        if transport == "profile":
+            keys += ["FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE"]
     os.environ.update({k: env[k] for k in keys})
     return env
 
@@ -59,10 +64,11 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "service")
     p.add_argument(
         "--transport",
-        choices=["default", "shm"],
+        choices=["default", "shm", "profile", "profile_node"],
         default="default",
         help="FastDDS transports of node and client: what the LOCALHOST discovery range gives (default) "
-        "or shared memory only (FASTDDS_BUILTIN_TRANSPORTS=SHM)",
+        "or shared memory only (FASTDDS_BUILTIN_TRANSPORTS=SHM), or config/fastdds_large_data.xml for node and "
+        "client (profile) or for the node only (profile_node)",
     )
     p.add_argument(
         "--clouds",

@@ -50,6 +50,9 @@ def _node(context, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - OpaqueFun
         else:
             overrides[param] = value
     use_sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() in ("1", "true", "yes", "on")
+    profile = os.path.expanduser(LaunchConfiguration("fastdds_profile").perform(context).strip())
+    # Fast DDS 2.x (Humble, Jazzy) and 3.x (Kilted) read different variable names; other RMWs ignore both.
+    dds_env = {"FASTRTPS_DEFAULT_PROFILES_FILE": profile, "FASTDDS_DEFAULT_PROFILES_FILE": profile} if profile else {}
     return [
         Node(
             package=PACKAGE,
@@ -58,6 +61,7 @@ def _node(context, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - OpaqueFun
             output="screen",
             emulate_tty=True,
             parameters=[LaunchConfiguration("params_file").perform(context), overrides, {"use_sim_time": use_sim_time}],
+            additional_env=dds_env,
         )
     ]
 
@@ -76,6 +80,12 @@ def generate_launch_description() -> LaunchDescription:
         ],
         DeclareLaunchArgument(
             "use_sim_time", default_value="false", description="Use /clock (true when replaying a bag with --clock)."
+        ),
+        DeclareLaunchArgument(
+            "fastdds_profile",
+            default_value=os.path.join(share, "config", "fastdds_large_data.xml"),
+            description="Fast DDS profile of the node (default: 16 MB shared-memory segments, so multi-MB query "
+            "answers reach clients on the same machine in a few ms; UDP kept for other machines). Empty = none.",
         ),
         DeclareLaunchArgument("rviz", default_value="false", description="Also start RViz with config/ccl_lgs.rviz."),
         DeclareLaunchArgument(

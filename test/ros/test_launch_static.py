@@ -36,6 +36,7 @@ DOCUMENTED = {
     "scene_dir",
     "serve_only",
     "use_sim_time",
+    "fastdds_profile",
     "rviz",
 }
 
@@ -90,6 +91,8 @@ def test_launch_points_at_installed_executable_and_files():
     assert '"config", "ccl_lgs.rviz"' in src and RVIZ.is_file()
     # setup.py installs launch/ and config/ into the package share folder
     assert 'glob("launch/*.py")' in setup and 'glob("config/*.yaml")' in setup and 'glob("config/*.rviz")' in setup
+    assert 'glob("config/*.xml")' in setup and '"config", "fastdds_large_data.xml"' in src
+    assert (REPO / "config" / "fastdds_large_data.xml").is_file()
     import importlib.util
 
     spec = importlib.util.find_spec("ccl_lgs_ros.ros.mapping_node")
