@@ -374,6 +374,26 @@ class QueryEngine:
 
     # ---- surface clouds ------------------------------------------------------------------------
 
+    def _sampled_clouds(
+        self, ids: np.ndarray, means: np.ndarray, groups: np.ndarray, num_instances: int, spacing: float
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Surface clouds sampled now (no cache) for Gaussians ``ids`` (centres ``means``) whose
+        instance is ``groups`` (sorted): one ``(points, colors)`` per instance."""
+        idx = self.index
+        rng = np.random.default_rng(0)  # deterministic clouds for a given scene and query
+        pts, pcols, pgrp = sample_surface(
+            means,
+            np.take(idx.quats, ids, axis=0),
+            np.take(idx.scales, ids, axis=0),
+            np.take(idx.colors, ids, axis=0),
+            spacing,
+            self.cfg.max_points_per_gaussian,
+            rng,
+            groups=groups,
+        )
+        psplit = np.searchsorted(pgrp, np.arange(1, num_instances))
+        return list(zip(np.split(pts, psplit), np.split(pcols, psplit)))
+
     def _unit_cloud(self, level: str, u0: int, u1: int, spacing: float) -> _Cloud:
         """Surface cloud of the units ``u0..u1-1`` of ``level``: samples of their Gaussians
         averaged per cube of side ``spacing`` (cubes never merge across codes), each point owned
@@ -716,19 +736,8 @@ class QueryEngine:
         elif self._cloud_budget > 0:
             clouds = self._cached_clouds(level, codes, units, sel, lab, nk, spacing)
         else:
-            rng = np.random.default_rng(0)  # deterministic clouds for a given scene and query
-            pts, pcols, pgrp = sample_surface(
-                np.take(idx.means, ids, axis=0) if means is None else means,
-                np.take(idx.quats, ids, axis=0),
-                np.take(idx.scales, ids, axis=0),
-                np.take(idx.colors, ids, axis=0),
-                spacing,
-                cfg.max_points_per_gaussian,
-                rng,
-                groups=np.repeat(np.arange(nk), counts),
-            )
-            psplit = np.searchsorted(pgrp, np.arange(1, nk))
-            clouds = list(zip(np.split(pts, psplit), np.split(pcols, psplit)))
+            m = np.take(idx.means, ids, axis=0) if means is None else means
+            clouds = self._sampled_clouds(ids, m, np.repeat(np.arange(nk), counts), nk, spacing)
         if include_gaussians:
             quats, scales = np.take(idx.quats, ids, axis=0), np.take(idx.scales, ids, axis=0)
             opac, colors = idx.opacities[ids], np.take(idx.colors, ids, axis=0)
@@ -828,19 +837,7 @@ class QueryEngine:
         # instance: the extreme centres a subsample misses lie within about one Gaussian spacing.
         boxes = [pca_box(means[s : s + n : -(-n // STATS_POINTS)]) for s, n in zip(starts, counts)]
         if spacing > 0:
-            rng = np.random.default_rng(0)  # deterministic clouds for a given scene and query
-            pts, pcols, pgrp = sample_surface(
-                means,
-                np.take(idx.quats, ids, axis=0),
-                np.take(idx.scales, ids, axis=0),
-                np.take(idx.colors, ids, axis=0),
-                spacing,
-                cfg.max_points_per_gaussian,
-                rng,
-                groups=labels,
-            )
-            psplit = np.searchsorted(pgrp, np.arange(1, counts.shape[0]))
-            clouds = list(zip(np.split(pts, psplit), np.split(pcols, psplit)))
+            clouds = self._sampled_clouds(ids, means, labels, counts.shape[0], spacing)
         else:
             empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32))
             clouds = [empty] * counts.shape[0]
