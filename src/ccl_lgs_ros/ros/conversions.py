@@ -7,7 +7,8 @@
   OpenGL axis change of capture poses goes through :func:`optical_to_capture_pose` only;
 - ``PointCloud2`` <-> numpy (x y z, rgb packed in a float32 like PCL, extra scalar fields);
 - :class:`~ccl_lgs_ros.query.engine.QueryResult` -> ``SemanticQuery`` response,
-  ``ObjectInstance``, ``GaussianArray``, and an RViz ``MarkerArray``.
+  ``ObjectInstance``, ``GaussianArray``, and an RViz ``MarkerArray`` (and back, for the
+  offscreen RViz picture: :func:`markers_to_viz`).
 
 Everything that can fail on bad input raises :class:`ConversionError` (a ``ValueError``) with a
 message naming the problem; callers log it and drop the message.
@@ -539,6 +540,36 @@ def instances_to_markers(instances: Sequence[Any], header: Header, ns: str = "se
     return out
 
 
+def markers_to_viz(msg: Any) -> tuple[list, list, list]:
+    """``visualization_msgs/MarkerArray`` -> (boxes, texts, spheres) of :mod:`ccl_lgs_ros.viz`.
+
+    Only the marker types the node publishes (CUBE, TEXT_VIEW_FACING, SPHERE) are drawn; a
+    DELETEALL clears what came before it in the same array, as in RViz."""
+    from ..viz import BoxMarker, SphereMarker, TextMarker
+
+    boxes: list = []
+    texts: list = []
+    spheres: list = []
+    for m in msg.markers:
+        if m.action == Marker.DELETEALL:
+            boxes, texts, spheres = [], [], []
+            continue
+        if m.action != Marker.ADD:
+            continue
+        p, q = m.pose.position, m.pose.orientation
+        pos = np.array([p.x, p.y, p.z])
+        rgba = (m.color.r, m.color.g, m.color.b, m.color.a)
+        if m.type == Marker.CUBE:
+            boxes.append(
+                BoxMarker(pos, np.array([q.x, q.y, q.z, q.w]), np.array([m.scale.x, m.scale.y, m.scale.z]), rgba)
+            )
+        elif m.type == Marker.TEXT_VIEW_FACING:
+            texts.append(TextMarker(pos, m.text, rgba))
+        elif m.type == Marker.SPHERE:
+            spheres.append(SphereMarker(pos, float(m.scale.x), rgba))
+    return boxes, texts, spheres
+
+
 __all__ = [
     "CLOUDS_BOTH",
     "CLOUDS_COMBINED",
@@ -558,6 +589,7 @@ __all__ = [
     "instances_to_markers",
     "intrinsics_to_camera_info",
     "make_header",
+    "markers_to_viz",
     "matrix_to_pose_msg",
     "matrix_to_transform_msg",
     "optical_to_capture_pose",

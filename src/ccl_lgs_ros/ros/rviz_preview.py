@@ -21,39 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .conversions import ConversionError, cloud_to_arrays
-
-
-def markers_to_viz(msg: Any) -> tuple[list, list, list]:
-    """``visualization_msgs/MarkerArray`` -> (boxes, texts, spheres) of :mod:`ccl_lgs_ros.viz`.
-
-    Only the marker types the node publishes (CUBE, TEXT_VIEW_FACING, SPHERE) are drawn; a
-    DELETEALL clears what came before it in the same array, as in RViz."""
-    from visualization_msgs.msg import Marker
-
-    from ..viz import BoxMarker, SphereMarker, TextMarker
-
-    boxes: list = []
-    texts: list = []
-    spheres: list = []
-    for m in msg.markers:
-        if m.action == Marker.DELETEALL:
-            boxes, texts, spheres = [], [], []
-            continue
-        if m.action != Marker.ADD:
-            continue
-        p, q = m.pose.position, m.pose.orientation
-        pos = np.array([p.x, p.y, p.z])
-        rgba = (m.color.r, m.color.g, m.color.b, m.color.a)
-        if m.type == Marker.CUBE:
-            boxes.append(
-                BoxMarker(pos, np.array([q.x, q.y, q.z, q.w]), np.array([m.scale.x, m.scale.y, m.scale.z]), rgba)
-            )
-        elif m.type == Marker.TEXT_VIEW_FACING:
-            texts.append(TextMarker(pos, m.text, rgba))
-        elif m.type == Marker.SPHERE:
-            spheres.append(SphereMarker(pos, float(m.scale.x), rgba))
-    return boxes, texts, spheres
+from .conversions import ConversionError, cloud_to_arrays, markers_to_viz
 
 
 def collect(node: Any, ns: str = "/ccl_lgs_mapper", timeout: float = 10.0, need_query: bool = True) -> dict:
