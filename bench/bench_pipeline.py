@@ -8,6 +8,10 @@ CCL-LGS, GAGS, CGC). Writes one JSON (machine recorded) and a PNG plot.
 
     python bench/bench_pipeline.py --seeds 101 102 103
     python bench/bench_pipeline.py --variants baseline pull push ccl gags cgc --seeds 101 102
+    python bench/bench_pipeline.py --variants baseline pull push ccl --corruptions 0 0.3 0.6 1
+
+``--corruptions`` sweeps the simulator's inconsistency (one RGB stage per seed serves every
+corruption: the priors do not touch it); the summary is then per corruption and variant.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def machine() -> dict:
             "loadavg_start": os.getloadavg()}
 
 
-def run_one(seed: int, variant: str, args: argparse.Namespace, work: Path) -> dict:
+def run_one(seed: int, variant: str, args: argparse.Namespace, work: Path, corruption: float) -> dict:
     from ccl_lgs_ros.capture.format import Capture
     from ccl_lgs_ros.config import load_config, parse_assignments
     from ccl_lgs_ros.eval.synthetic import evaluate_synthetic
@@ -58,10 +62,10 @@ def run_one(seed: int, variant: str, args: argparse.Namespace, work: Path) -> di
     cap_dir = work / f"capture_{seed}"
     if not cap_dir.exists():
         generate_scene(cap_dir, seed=seed, width=args.width, height=args.height, num_frames=args.frames)
-    overrides = {"priors.backend": "simulator", "priors.sim_corruption": args.corruption,
+    overrides = {"priors.backend": "simulator", "priors.sim_corruption": corruption,
                  "device": args.device, **parse_assignments(args.set), **VARIANTS[variant]}
     cfg = load_config(preset=args.preset, overrides=overrides)
-    scene = work / f"scene_{seed}_{variant}"
+    scene = work / (f"scene_{seed}_{variant}" + ("" if args.corruptions is None else f"_c{corruption:g}"))
     rgb_seconds = 0.0
     if args.share_rgb:
         # No variant changes the RGB stage: train it once per seed and start every variant from a
@@ -80,7 +84,8 @@ def run_one(seed: int, variant: str, args: argparse.Namespace, work: Path) -> di
         record["stages"]["rgb"]["seconds"] = rgb_seconds
     ev = evaluate_synthetic(scene, Capture.load(cap_dir), cfg, device=args.device)
     stages = {k: round(v.get("seconds", 0.0), 2) for k, v in record["stages"].items()}
-    return {"seed": seed, "variant": variant, "seconds_total": round(seconds, 2), "stages": stages,
+    return {"seed": seed, "variant": variant, "corruption": corruption, "seconds_total": round(seconds, 2),
+            "stages": stages,
             "rgb_psnr_test": record["stages"]["rgb"]["metrics"].get("psnr_test"),
             "n_gaussians": record["stages"]["rgb"]["metrics"].get("n_gaussians"),
             "miou_2d": ev["2d"]["miou"], "loc_accuracy_2d": ev["2d"]["loc_accuracy"],
@@ -93,7 +98,9 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103])
     p.add_argument("--variants", nargs="+", default=["ccl"], choices=sorted(VARIANTS))
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--corruption", type=float, default=0.3)
+    p.add_argument("--corruption", type=float, default=0.3, help="priors.sim_corruption of the simulator")
+    p.add_argument("--corruptions", type=float, nargs="+", default=None,
+                   help="sweep these corruptions instead of --corruption (summary keyed 'variant@corruption')")
     p.add_argument("--frames", type=int, default=24)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--height", type=int, default=96)
@@ -109,25 +116,29 @@ def main() -> int:
     host = machine()  # before the runs: its load average is the one at the start
     work = args.keep or Path(tempfile.mkdtemp(prefix="ccl_bench_"))
     work.mkdir(parents=True, exist_ok=True)
+    corruptions = [args.corruption] if args.corruptions is None else args.corruptions
     runs = []
     try:
-        for variant in args.variants:
-            for seed in args.seeds:
-                r = run_one(seed, variant, args, work)
-                print(json.dumps(r), flush=True)
-                runs.append(r)
+        for corruption in corruptions:
+            for variant in args.variants:
+                for seed in args.seeds:
+                    r = run_one(seed, variant, args, work, corruption)
+                    print(json.dumps(r), flush=True)
+                    runs.append(r)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
     summary = {}
-    for variant in args.variants:
-        rs = [r for r in runs if r["variant"] == variant]
-        summary[variant] = {k: float(np.mean([r[k] for r in rs if r[k] is not None]))
+    for corruption, variant in [(c, v) for c in corruptions for v in args.variants]:
+        rs = [r for r in runs if r["variant"] == variant and r["corruption"] == corruption]
+        key = variant if args.corruptions is None else f"{variant}@{corruption:g}"
+        summary[key] = {k: float(np.mean([r[k] for r in rs if r[k] is not None]))
                             for k in ("seconds_total", "miou_2d", "loc_accuracy_2d", "f1_3d", "count_accuracy_3d",
                                       "separation_rate_3d", "rgb_psnr_test")}
     doc = {"benchmark": "pipeline", "command": "python bench/bench_pipeline.py " + " ".join(
         ["--seeds", *map(str, args.seeds), "--variants", *args.variants, "--preset", args.preset,
-         "--corruption", str(args.corruption), *[f"--set {a}" for a in args.set],
+         *(["--corruption", str(args.corruption)] if args.corruptions is None
+           else ["--corruptions", *map(str, args.corruptions)]), *[f"--set {a}" for a in args.set],
          *([] if args.share_rgb else ["--no-share-rgb"])]),
         "note": "the machine may have been shared with other work while this ran (see loadavg_start / "
                 "loadavg_end); seconds_total = the RGB stage (trained once per seed, shared by the variants "
@@ -143,15 +154,32 @@ def main() -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 3))
-        names = list(summary)
-        x = np.arange(len(names))
-        ax.bar(x - 0.2, [summary[n]["miou_2d"] for n in names], 0.4, label="2D mIoU")
-        ax.bar(x + 0.2, [summary[n]["f1_3d"] for n in names], 0.4, label="3D F1")
-        ax.set_xticks(x, names)
-        ax.set_ylim(0, 1)
-        ax.legend()
-        ax.set_title(f"synthetic scenes, seeds {args.seeds}")
+        if args.corruptions is None:
+            fig, ax = plt.subplots(figsize=(6, 3))
+            names = list(summary)
+            x = np.arange(len(names))
+            ax.bar(x - 0.2, [summary[n]["miou_2d"] for n in names], 0.4, label="2D mIoU")
+            ax.bar(x + 0.2, [summary[n]["f1_3d"] for n in names], 0.4, label="3D F1")
+            ax.set_xticks(x, names)
+            ax.set_ylim(0, 1)
+            ax.legend()
+            ax.set_title(f"synthetic scenes, seeds {args.seeds}")
+        else:
+            # One line per variant over the corruption, the seed-to-seed range as error bars.
+            fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+            for ax, key, title in zip(axes, ("miou_2d", "f1_3d"), ("2D mIoU (held out)", "3D F1")):
+                for j, variant in enumerate(args.variants):
+                    xs = np.asarray(corruptions) + (j - (len(args.variants) - 1) / 2) * 0.008
+                    vals = [[r[key] for r in runs if r["variant"] == variant and r["corruption"] == c]
+                            for c in corruptions]
+                    mean = np.array([np.mean(v) for v in vals])
+                    err = np.array([[m - min(v), max(v) - m] for m, v in zip(mean, vals)]).T
+                    ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=variant)
+                ax.set_xlabel("priors.sim_corruption")
+                ax.set_title(title)
+                ax.grid(alpha=0.3)
+            axes[0].legend(fontsize=8)
+            fig.suptitle(f"synthetic scenes, seeds {args.seeds}", fontsize=9)
         fig.tight_layout()
         fig.savefig(args.out.with_suffix(".png"), dpi=100)
     except ImportError:

@@ -48,3 +48,7 @@ if want pipeline; then
 if want codebook; then
   run bench/bench_pipeline.py --seeds 101 102 103 \
       --variants ccl-n16 ccl-n64 ccl-n128 --out $R/pipeline_codebook_size.json; fi
+if want difficulty; then
+  # the CCL ablation over the simulator's inconsistency (0 = perfect priors, 0.3 = default)
+  run bench/bench_pipeline.py --seeds 101 102 103 --variants baseline pull push ccl \
+      --corruptions 0 0.3 0.6 1 --out $R/pipeline_difficulty.json; fi
