@@ -262,6 +262,18 @@ class QueryConfig:
     max_points_per_gaussian: int = _f(
         64, "Cap on surface points sampled from one Gaussian before voxel downsampling.", min=1
     )
+    clip_cloud: bool = _f(
+        True,
+        "Drop surface-cloud points that lie outside the axis-aligned box of the instance's Gaussian "
+        "centres grown by clip_cloud_margin: the 2-sigma tails that its largest Gaussians sample "
+        "past the object. Gaussians, centroid and boxes are not changed (they come from the centres).",
+    )
+    clip_cloud_margin: float = _f(
+        1.0,
+        "Margin of clip_cloud, in typical Gaussian radii of the instance (the median over its "
+        "Gaussians of the middle axis scale, 1 sigma).",
+        min=0.0,
+    )
     embedding_cache_size: int = _f(512, "Text embeddings kept in the LRU cache.", min=0)
     cloud_cache_mb: float = _f(
         128.0,

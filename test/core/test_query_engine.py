@@ -310,3 +310,97 @@ def test_index_save_load_round_trip(encoder, tmp_path):
     r1 = QueryEngine(index, encoder, cfg()).query("mug").to_json()
     r2 = QueryEngine(loaded, encoder, cfg()).query("mug").to_json()
     assert [i["num_gaussians"] for i in r1["instances"]] == [i["num_gaussians"] for i in r2["instances"]]
+
+
+def mugs_with_big_gaussians(enc: FakeTextEncoder, seed: int = 0):
+    """Two mugs whose every 20th Gaussian is a big round blob (scale 3.5 cm, six times the
+    others), as a short training leaves them: their 2-sigma surface samples reach 7 cm out."""
+    scene, centers = two_mugs_scene(6000, seed=seed)
+    scales = scene.scales.copy()
+    big = np.flatnonzero(scene.object_id >= 0)[::20]
+    scales[big] = 0.035
+    levels = {"wp": LevelCodes(scene.codes, np.full(scene.codes.shape[0], 230, np.uint8), codebook(enc))}
+    index = SemanticIndex(scene.means, scene.quats, scales, scene.opacities, scene.colors, levels)
+    return index, scene, centers
+
+
+def uncached(**kw) -> QueryConfig:
+    return cfg(cloud_cache_mb=0.0, **kw)
+
+
+def per_gaussian_path(engine: QueryEngine) -> QueryEngine:
+    engine._fast_path = lambda: False  # type: ignore[method-assign]
+    return engine
+
+
+@pytest.mark.parametrize("path", ["units-cached", "units-uncached", "per-gaussian"])
+def test_cloud_is_clipped_to_the_centres_box(encoder, path):
+    index, scene, centers = mugs_with_big_gaussians(encoder)
+
+    def engine(**kw):
+        make = uncached if path != "units-cached" else cfg
+        e = QueryEngine(index, encoder, make(**kw))
+        return per_gaussian_path(e) if path == "per-gaussian" else e
+
+    on, off = engine().query("mug"), engine(clip_cloud=False).query("mug")
+    assert len(on.instances) == len(off.instances) == 2
+    for a, b in zip(on.instances, off.instances):
+        # Gaussians, centroid and boxes come from the centres and do not change.
+        np.testing.assert_array_equal(a.gaussian_ids, b.gaussian_ids)
+        np.testing.assert_array_equal(a.centroid, b.centroid)
+        np.testing.assert_array_equal(a.aabb_min, b.aabb_min)
+        np.testing.assert_array_equal(a.aabb_max, b.aabb_max)
+        np.testing.assert_array_equal(a.box.extent, b.box.extent)
+        # The mug: a 0.1 m sphere; its Gaussians are 5.7 mm discs except the big ones.
+        obj = int(np.argmin(np.linalg.norm(centers - a.centroid, axis=1)))
+        true_lo, true_hi = centers[obj] - 0.1, centers[obj] + 0.1
+        margin = 1.0 * 0.6 * np.sqrt(4 * np.pi * 0.01 / (scene.object_id == obj).sum())  # typical radius
+        assert np.all(a.points >= a.aabb_min - margin - 1e-6) and np.all(a.points <= a.aabb_max + margin + 1e-6)
+        # Without clipping the big Gaussians' tails stick out several centimetres.
+        assert (b.points.min(axis=0) < true_lo - 0.03).any() or (b.points.max(axis=0) > true_hi + 0.03).any()
+        # With it the cloud's box is the object's within a Gaussian radius (plus sampling slack).
+        np.testing.assert_allclose(a.points.min(axis=0), true_lo, atol=0.01)
+        np.testing.assert_allclose(a.points.max(axis=0), true_hi, atol=0.01)
+        # Points off the sphere's surface (by 2 cm) are fewer; nearly all the points on it stay
+        # (those within a Gaussian radius of the outermost centres).
+        off_a, off_b = (np.abs(np.linalg.norm(p - centers[obj], axis=1) - 0.1) > 0.02 for p in (a.points, b.points))
+        assert off_a.mean() < 0.75 * off_b.mean()
+        assert (~off_a).sum() > 0.85 * (~off_b).sum()
+        assert a.point_colors.shape == a.points.shape
+    # A margin no point reaches: exactly the unclipped cloud (the setting off is the old cloud).
+    wide = engine(clip_cloud_margin=1e4).query("mug")
+    for a, b in zip(wide.instances, off.instances):
+        np.testing.assert_array_equal(a.points, b.points)
+        np.testing.assert_array_equal(a.point_colors, b.point_colors)
+
+
+def test_clipped_clouds_agree_between_the_engine_paths(encoder):
+    index, _, _ = mugs_with_big_gaussians(encoder, seed=2)
+    fast = QueryEngine(index, encoder, uncached())
+    slow = per_gaussian_path(QueryEngine(index, encoder, uncached()))
+    a, b = fast.query("mug"), slow.query("mug")
+    pairs = zip(sorted(a.instances, key=lambda i: i.centroid[0]), sorted(b.instances, key=lambda i: i.centroid[0]))
+    for x, y in pairs:
+        # Same Gaussians, same box; the clouds are samples of the same Gaussians (drawn in a
+        # different order), clipped to the same box.
+        np.testing.assert_array_equal(np.sort(x.gaussian_ids), np.sort(y.gaussian_ids))
+        np.testing.assert_array_equal(x.aabb_min, y.aabb_min)
+        np.testing.assert_array_equal(x.aabb_max, y.aabb_max)
+        np.testing.assert_allclose(x.points.min(axis=0), y.points.min(axis=0), atol=0.006)
+        np.testing.assert_allclose(x.points.max(axis=0), y.points.max(axis=0), atol=0.006)
+        assert abs(x.points.shape[0] - y.points.shape[0]) <= 0.1 * y.points.shape[0]
+
+
+def test_typical_radius_and_clip_to_box():
+    from ccl_lgs_ros.query.shapes import clip_to_box, typical_radius
+
+    # The middle axis whatever the order of the columns, a median (one huge Gaussian changes nothing).
+    scales = np.array([[0.001, 0.01, 0.02], [0.02, 0.001, 0.01], [0.01, 0.02, 0.001], [0.5, 0.4, 0.3]])
+    assert typical_radius(scales) == pytest.approx(0.01)
+    pts = np.array([[0.0, 0.0, 0.0], [1.05, 0.5, 0.5], [1.2, 0.5, 0.5], [0.5, -0.2, 0.5]], np.float32)
+    cols = np.arange(12, dtype=np.float32).reshape(4, 3)
+    p, c = clip_to_box(pts, cols, np.zeros(3), np.ones(3), 0.1)
+    np.testing.assert_array_equal(p, pts[:2])
+    np.testing.assert_array_equal(c, cols[:2])
+    empty = np.zeros((0, 3), np.float32)
+    assert clip_to_box(empty, empty, np.zeros(3), np.ones(3), 0.1)[0].shape == (0, 3)

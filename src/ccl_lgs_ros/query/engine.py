@@ -11,7 +11,11 @@ Pipeline of :meth:`QueryEngine.query`:
    floaters isolated in the whole scene, low code confidence) — an inverted index (Gaussians
    sorted by code) makes the selection cost proportional to what is selected, not to N;
 5. instances by clustering the selected Gaussians (:mod:`.cluster`);
-6. per instance: score, Gaussians, a sampled surface cloud, centroid, oriented box, axes.
+6. per instance: score, Gaussians, a sampled surface cloud, centroid, oriented box, axes. The
+   centroid and boxes come from the Gaussian centres; the cloud (samples up to 2 sigma from each
+   centre) is clipped to the centres' axis-aligned box grown by about one typical Gaussian
+   radius (``cfg.clip_cloud``), which drops the tails that the instance's largest Gaussians
+   sample past the object.
 
 With the default settings (``level_mode="best"``, ``cluster_method="voxel"``) steps 4-6 work on
 *units*: the eligible Gaussians of one code inside one voxel of the clustering grid. A query
@@ -41,7 +45,16 @@ import numpy as np
 from ..config import QueryConfig
 from .cluster import VoxelGrid, dbscan_open3d
 from .index import LevelCodes, SemanticIndex
-from .shapes import Box, downsample_by_owner, pca_box, sample_surface, samples_per_gaussian, surface_samples
+from .shapes import (
+    Box,
+    clip_to_box,
+    downsample_by_owner,
+    pca_box,
+    sample_surface,
+    samples_per_gaussian,
+    surface_samples,
+    typical_radius,
+)
 
 __all__ = [
     "Instance",
@@ -96,7 +109,9 @@ class Instance:
     aabb_min: np.ndarray  # [3], of the Gaussian centres
     aabb_max: np.ndarray  # [3]
     gaussian_ids: np.ndarray  # int64 [M], rows of the index
-    points: np.ndarray  # float32 [P, 3], sampled surface cloud (empty when spacing is 0)
+    # float32 [P, 3], sampled surface cloud (empty when spacing is 0); with cfg.clip_cloud inside
+    # aabb_min..aabb_max grown by cfg.clip_cloud_margin typical Gaussian radii.
+    points: np.ndarray
     point_colors: np.ndarray  # float32 [P, 3]
     # The Gaussians themselves; empty arrays when the query asked for include_gaussians=False.
     means: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.float32))
@@ -202,6 +217,9 @@ class _Cloud:
 
 #: Gaussians per instance used to fit the oriented box.
 STATS_POINTS = 8192
+
+#: Gaussians per instance whose scales give its typical radius (the margin of ``clip_cloud``).
+RADIUS_POINTS = 2048
 
 #: Raw surface samples processed at once when a scene's clouds are precomputed (bounds memory).
 CLOUD_CHUNK_SAMPLES = 2_000_000
@@ -393,6 +411,34 @@ class QueryEngine:
         )
         psplit = np.searchsorted(pgrp, np.arange(1, num_instances))
         return list(zip(np.split(pts, psplit), np.split(pcols, psplit)))
+
+    def _clip_clouds(
+        self,
+        clouds: list[tuple[np.ndarray, np.ndarray]],
+        ids: np.ndarray,
+        starts: np.ndarray,
+        counts: np.ndarray,
+        lo: np.ndarray,
+        hi: np.ndarray,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``cfg.clip_cloud``: each instance's cloud without the points outside the box ``lo[i]..hi[i]``
+        of its Gaussian centres (``ids[starts[i]:starts[i] + counts[i]]``) grown by
+        ``cfg.clip_cloud_margin`` typical radii (:func:`.shapes.typical_radius`).
+
+        Surface samples reach 2 sigma from their Gaussian's centre along every axis, so the few
+        Gaussians much larger than the instance's typical one put points several centimetres past
+        the object (below a table top, into the air) and stretch everything computed from the
+        cloud. A real surface point lies about one Gaussian radius past the outermost centres at
+        most; the centres themselves are not touched."""
+        if not self.cfg.clip_cloud:
+            return clouds
+        out = []
+        for i, (pts, cols) in enumerate(clouds):
+            s, n = int(starts[i]), int(counts[i])
+            step = -(-n // RADIUS_POINTS)  # at most about RADIUS_POINTS evenly strided Gaussians
+            radius = typical_radius(np.take(self.index.scales, ids[s : s + n : step], axis=0))
+            out.append(clip_to_box(pts, cols, lo[i], hi[i], self.cfg.clip_cloud_margin * radius))
+        return out
 
     def _unit_cloud(self, level: str, u0: int, u1: int, spacing: float) -> _Cloud:
         """Surface cloud of the units ``u0..u1-1`` of ``level``: samples of their Gaussians
@@ -738,6 +784,8 @@ class QueryEngine:
         else:
             m = np.take(idx.means, ids, axis=0) if means is None else means
             clouds = self._sampled_clouds(ids, m, np.repeat(np.arange(nk), counts), nk, spacing)
+        if spacing > 0:
+            clouds = self._clip_clouds(clouds, ids, g_start, counts, lo, hi)
         if include_gaussians:
             quats, scales = np.take(idx.quats, ids, axis=0), np.take(idx.scales, ids, axis=0)
             opac, colors = idx.opacities[ids], np.take(idx.colors, ids, axis=0)
@@ -838,6 +886,7 @@ class QueryEngine:
         boxes = [pca_box(means[s : s + n : -(-n // STATS_POINTS)]) for s, n in zip(starts, counts)]
         if spacing > 0:
             clouds = self._sampled_clouds(ids, means, labels, counts.shape[0], spacing)
+            clouds = self._clip_clouds(clouds, ids, starts, counts, lo, hi)
         else:
             empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32))
             clouds = [empty] * counts.shape[0]

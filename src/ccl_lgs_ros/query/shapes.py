@@ -113,6 +113,34 @@ def sample_surface(
     return p, c, g  # type: ignore[return-value]
 
 
+def typical_radius(scales: np.ndarray) -> float:
+    """Typical radius of a set of Gaussians ``scales [M, 3]`` (M >= 1): the median of their middle
+    axis scale (1 sigma). The middle axis, because trained surface Gaussians are flat discs whose
+    smallest axis is the disc's thickness, and a median, so that a few large Gaussians (the ones
+    whose samples stray) do not set it."""
+    s = np.abs(np.asarray(scales, dtype=np.float64).reshape(-1, 3))
+    middle = s.sum(axis=1) - s.max(axis=1) - s.min(axis=1)
+    return float(np.median(middle))
+
+
+def clip_to_box(
+    points: np.ndarray,  # [P, 3]
+    colors: np.ndarray,  # [P, 3]
+    lo: np.ndarray,  # [3]
+    hi: np.ndarray,  # [3]
+    margin: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The points (and their colours) inside the axis-aligned box ``[lo - margin, hi + margin]``."""
+    if points.shape[0] == 0:
+        return points, colors
+    lo_m = (np.asarray(lo, dtype=np.float64) - margin).astype(points.dtype)
+    hi_m = (np.asarray(hi, dtype=np.float64) + margin).astype(points.dtype)
+    keep = ((points >= lo_m) & (points <= hi_m)).all(axis=1)
+    if keep.all():
+        return points, colors
+    return points[keep], colors[keep]
+
+
 def _cell_keys(cells: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """One int64 key per (group, cell) row; equal keys <=> equal rows."""
     cells = cells - cells.min(axis=0)
