@@ -154,6 +154,13 @@ class PriorsConfig:
         max=1.0,
     )
     sim_feature_noise: float = _f(0.15, "Simulator only: per-view noise of mask features.", min=0.0)
+    sim_confusion: float = _f(
+        0.0,
+        "Simulator only: how often CLIP misreads an object as the most similar other label of the "
+        "scene (chance per object and view = this x a view-direction factor in 0..1 x (1 + occlusion)).",
+        min=0.0,
+        max=1.0,
+    )
     sim_dim: int = _f(512, "Simulator only: dimension of the simulated CLIP space.", min=8)
     sim_seed: int = _f(0, "Simulator only: random seed.")
     sim_ground_truth: str = _f(

@@ -180,3 +180,58 @@ def test_needs_ground_truth(tmp_path) -> None:
     cap = Capture(root=tmp_path)
     with pytest.raises(ValueError, match="ground truth"):
         SimulatorBackend(Config()).frame_priors(cap, 0, ("sp",))
+
+
+def test_misreads(scene: Capture) -> None:
+    """``sim_confusion``: CLIP reads an object as its confuser in some views; the views cluster by
+    direction, both levels agree, and more confusion misreads a superset of the views."""
+    enc = SimulatedTextEncoder(512, 0)
+    labels = {inst["id"]: inst["label"] for inst in scene.instances}
+    shapes = {inst["label"]: inst.get("shape") for inst in scene.instances}
+    backend = SimulatorBackend(Config())
+    confusers = backend._confusers(scene)
+    for a, b in confusers.items():
+        assert a != b
+        same_shape = [o for o in confusers if o != a and shapes[o] == shapes[a]]
+        if same_shape:  # a can is mistaken for a cup before it is mistaken for a ball
+            assert shapes[b] == shapes[a]
+
+    def misread_views(confusion: float) -> dict[tuple[int, str], set[int]]:
+        priors = _run(scene, 0.0, sim_feature_noise=0.0, sim_confusion=confusion)
+        out: dict[tuple[int, str], set[int]] = {}
+        for i, fp in enumerate(priors):
+            ids = scene.load_instances(i)
+            for level in ("sp", "wp"):
+                lp = fp.levels[level]
+                dominant, _ = mask_objects(lp.masks, ids, len(lp.labels))
+                for m, g in enumerate(dominant.tolist()):
+                    if g not in labels or labels[g] not in confusers:
+                        continue
+                    feat = lp.features[m].astype(np.float64)
+                    own = float(feat @ enc.to_image_space(enc.semantic(labels[g])))
+                    other = float(feat @ enc.to_image_space(enc.semantic(confusers[labels[g]])))
+                    if own < 0.99:  # misread: now closer to the confuser than to itself
+                        assert other > own
+                        out.setdefault((g, level), set()).add(i)
+        return out
+
+    assert misread_views(0.0) == {}
+    low, high = misread_views(0.3), misread_views(0.8)
+    n_low, n_high = sum(map(len, low.values())), sum(map(len, high.values()))
+    n_obj_views = sum(1 for i in range(len(scene.frames)) for g in np.unique(scene.load_instances(i)) if g in labels)
+    assert 0 < n_low < n_high < n_obj_views
+    for key, views in low.items():
+        assert views <= high[key]  # a superset at the stronger setting
+    for (g, level), views in high.items():
+        if level == "sp":
+            assert views == high.get((g, "wp"), set())  # one draw per frame and object
+    # Misreads follow the viewing direction: far more consecutive frames share the state of
+    # their neighbour than independent draws at the same rate would give.
+    runs = same = 0
+    for (g, _level), views in high.items():
+        seen = [i for i in range(len(scene.frames)) if g in scene.load_instances(i)]
+        states = [i in views for i in seen]
+        runs += len(states) - 1
+        same += sum(a == b for a, b in zip(states, states[1:]))
+    rate = n_high / max(1, 2 * n_obj_views)
+    assert same / runs > 1.0 - 2.0 * rate * (1.0 - rate) + 0.1

@@ -26,6 +26,11 @@ What it simulates:
 - **CLIP mask features**: the label embedding of what the mask covers, mixed by pixel share when
   a mask covers several objects, plus view-dependent drift (camera heading) and noise that grows
   with occlusion (``priors.sim_feature_noise``); unit vectors, float16.
+- **CLIP misreads** (``priors.sim_confusion``, off by default): in some views an object's feature
+  is mostly that of its confuser (another label of the scene of the same shape, else the most
+  similar one), more often from one range of viewing directions and when partly hidden, as CLIP
+  mistakes a can for a cup from an unlucky side. The SAM 2 labels are unaffected (the tracker
+  follows the mask, not the feature), which is what CCL's pull/push can exploit.
 - **SAM 2 association**: a mask takes its object's track label when it overlaps the object by
   IoU > ``priors.association_iou``; the tracker swaps identities (preferably between objects of
   the same label) or loses tracks at a rate growing with the corruption. With corruption 0 the
@@ -34,6 +39,7 @@ What it simulates:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -61,6 +67,8 @@ _PROFILES: dict[str, tuple[float, float, float]] = {
     "wp": (0.3, 0.4, 0.2),
 }
 _BOUNDARY_FLIP = 0.45  # boundary pixels flipped to a neighbour's region at full strength
+#: Share of an object's own semantics left in a misread CLIP feature (the rest is the confuser).
+MISREAD_KEEP = 0.35
 _IDENTITY_ERROR = 0.08  # tracker identity errors per visible object and frame at full strength
 _STOPWORDS = frozenset({"a", "an", "the", "of", "some", "photo"})
 
@@ -249,6 +257,7 @@ class SimulatorBackend:
         self.cfg = cfg.priors if isinstance(cfg, Config) else cfg
         self._encoder = SimulatedTextEncoder(self.cfg.sim_dim, self.cfg.sim_seed)
         self._object_cache: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._confuser_cache: dict[str, dict[str, str]] = {}
         self._reference: tuple[str, Capture, list[int]] | None = None
 
     def text_encoder(self) -> SimulatedTextEncoder:
@@ -384,6 +393,65 @@ class SimulatorBackend:
                     regions[(regions // 64) == k] = -1
         return regions
 
+    def _confusers(self, capture: Capture) -> dict[str, str]:
+        """Per label of the scene, the other label CLIP would mistake it for: one of the same
+        shape when the ground truth records shapes (a can for a cup), else the most similar in
+        the simulated CLIP space (shared words first); ties broken by a fixed hash."""
+        gt = self._ground_truth(capture)[0]
+        labels, background = self._gt_labels(gt)
+        shape = {str(inst.get("label")): inst.get("shape") for inst in gt.instances}
+        names = sorted({lab for g, lab in labels.items() if g not in background})
+        key = "|".join(f"{n}:{shape.get(n)}" for n in names)
+        cached = self._confuser_cache.get(key)
+        if cached is None:
+            sem = {n: self._encoder.semantic(n) for n in names}
+            cached = {}
+            def likeness(a: str, b: str) -> tuple[bool, float, int]:
+                same_shape = shape.get(a) is not None and shape.get(a) == shape.get(b)
+                return same_shape, round(float(sem[a] @ sem[b]), 6), _hash_seed("confuser", self.cfg.sim_seed, a, b)
+
+            for a in names:
+                others = [b for b in names if b != a]
+                if others:
+                    cached[a] = max(others, key=functools.partial(likeness, a))
+            self._confuser_cache[key] = cached
+        return cached
+
+    def _misreads(
+        self,
+        capture: Capture,
+        objects: list[tuple[int, str]],
+        background_c: set[int],
+        heading: float,
+        occlusion: np.ndarray,
+        index: int,
+    ) -> dict[int, np.ndarray]:
+        """Compact object id -> semantic direction, for the objects CLIP misreads in this view.
+
+        A misread object looks mostly like its confuser (:meth:`_confusers`): its semantic
+        direction becomes ``unit(MISREAD_KEEP * own + confuser)``. The chance is
+        ``sim_confusion * view * (1 + occlusion)``: ``view = ((1 + cos(heading - phase)) / 2)^2``
+        with a fixed phase per object, so misreads cluster in a range of viewing directions (a
+        reflection, an unlucky side) instead of being independent per frame, and partly hidden
+        objects are misread more. Both levels of a frame share the draw.
+        """
+        strength = float(self.cfg.sim_confusion)
+        if strength <= 0:
+            return {}
+        confusers = self._confusers(capture)
+        out: dict[int, np.ndarray] = {}
+        for j, (g, label) in enumerate(objects):
+            other = confusers.get(label)
+            if j in background_c or other is None:
+                continue
+            u_read = np.random.default_rng(_hash_seed("misread", self.cfg.sim_seed, g, index)).random()
+            phase = 2.0 * np.pi * np.random.default_rng(_hash_seed("phase", self.cfg.sim_seed, g)).random()
+            view = (0.5 * (1.0 + np.cos(heading - phase))) ** 2
+            if u_read < strength * view * (1.0 + float(occlusion[j])):
+                own = self._encoder.semantic(label)
+                out[j] = _unit(MISREAD_KEEP * own + self._encoder.semantic(other))
+        return out
+
     def _object_vectors(self, g: int, label: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Label embedding and the two fixed drift directions of GT object ``g`` (cached)."""
         key = (g, label)
@@ -405,6 +473,7 @@ class SimulatorBackend:
         heading: float,
         occlusion: np.ndarray,
         rng: np.random.Generator,
+        misread: dict[int, np.ndarray] | None = None,
     ) -> np.ndarray:
         """``float16 [K, D]`` unit features of the ``k`` masks.
 
@@ -421,6 +490,8 @@ class SimulatorBackend:
         base = np.zeros((len(pm), d))
         for j in np.unique(pg):
             emb, a, b = self._object_vectors(*objects[j])
+            if misread and int(j) in misread:
+                emb = misread[int(j)]  # CLIP reads this object as something else in this view
             # View drift: a smooth function of the camera heading, fixed per object.
             base[pg == j] = emb + sigma * (np.cos(heading) * a + np.sin(heading) * b)
         # Per-view noise, stronger for partly hidden objects.
@@ -442,6 +513,7 @@ class SimulatorBackend:
         forward = -c2w[:3, 2]  # OpenGL cameras look along -z
         heading = float(np.arctan2(forward[1], forward[0]))
         occlusion = _occlusion(ids, background_c)
+        misread = self._misreads(capture, objects, background_c, heading, occlusion, index)
         out = FramePriors()
         for level in levels:
             if level not in _PROFILES:
@@ -455,7 +527,7 @@ class SimulatorBackend:
             else:
                 masks = inverse.astype(np.int32)
             split = (codes % 64 != 0).astype(np.float64)
-            feats = self._features(masks, ids, len(codes), split, objects, heading, occlusion, rng)
+            feats = self._features(masks, ids, len(codes), split, objects, heading, occlusion, rng, misread)
             out.levels[level] = LevelPriors(masks=masks, features=feats, labels=np.full(len(codes), -1, np.int32))
         return out
 
