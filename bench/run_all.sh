@@ -52,3 +52,9 @@ if want difficulty; then
   # the CCL ablation over the simulator's inconsistency (0 = perfect priors, 0.3 = default)
   run bench/bench_pipeline.py --seeds 101 102 103 --variants baseline pull push ccl \
       --corruptions 0 0.3 0.6 1 --out $R/pipeline_difficulty.json; fi
+if want misreads; then
+  # the same with the simulator's CLIP misreads switched on (priors.sim_confusion, default 0)
+  for m in 3 5; do
+    run bench/bench_pipeline.py --seeds 101 102 103 --variants baseline pull push ccl \
+        --set priors.sim_confusion=0.$m --out $R/pipeline_misreads_$m.json
+  done; fi
