@@ -218,8 +218,9 @@ class _Cloud:
 #: Gaussians per instance used to fit the oriented box.
 STATS_POINTS = 8192
 
-#: Gaussians per instance whose scales give its typical radius (the margin of ``clip_cloud``).
-RADIUS_POINTS = 2048
+#: Gaussians per instance whose scales give its typical radius (the margin of ``clip_cloud``): a
+#: median of 512 evenly strided ones is within a few per cent of the full one.
+RADIUS_POINTS = 512
 
 #: Raw surface samples processed at once when a scene's clouds are precomputed (bounds memory).
 CLOUD_CHUNK_SAMPLES = 2_000_000

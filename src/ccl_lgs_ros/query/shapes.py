@@ -118,8 +118,10 @@ def typical_radius(scales: np.ndarray) -> float:
     axis scale (1 sigma). The middle axis, because trained surface Gaussians are flat discs whose
     smallest axis is the disc's thickness, and a median, so that a few large Gaussians (the ones
     whose samples stray) do not set it."""
-    s = np.abs(np.asarray(scales, dtype=np.float64).reshape(-1, 3))
-    middle = s.sum(axis=1) - s.max(axis=1) - s.min(axis=1)
+    s = np.abs(np.asarray(scales, dtype=np.float32).reshape(-1, 3))
+    a, b, c = s[:, 0], s[:, 1], s[:, 2]
+    # Column-wise: numpy's axis-1 reductions of narrow [M, 3] arrays are several times slower.
+    middle = np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
     return float(np.median(middle))
 
 
@@ -133,9 +135,12 @@ def clip_to_box(
     """The points (and their colours) inside the axis-aligned box ``[lo - margin, hi + margin]``."""
     if points.shape[0] == 0:
         return points, colors
-    lo_m = (np.asarray(lo, dtype=np.float64) - margin).astype(points.dtype)
-    hi_m = (np.asarray(hi, dtype=np.float64) + margin).astype(points.dtype)
-    keep = ((points >= lo_m) & (points <= hi_m)).all(axis=1)
+    lo_m = np.asarray(lo, dtype=np.float64) - margin
+    hi_m = np.asarray(hi, dtype=np.float64) + margin
+    keep = np.ones(points.shape[0], dtype=bool)
+    for axis in range(3):
+        col = points[:, axis]
+        keep &= (col >= col.dtype.type(lo_m[axis])) & (col <= col.dtype.type(hi_m[axis]))
     if keep.all():
         return points, colors
     return points[keep], colors[keep]
