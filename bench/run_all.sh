@@ -52,6 +52,12 @@ if want difficulty; then
   # the CCL ablation over the simulator's inconsistency (0 = perfect priors, 0.3 = default)
   run bench/bench_pipeline.py --seeds 101 102 103 --variants baseline pull push ccl \
       --corruptions 0 0.3 0.6 1 --out $R/pipeline_difficulty.json; fi
+if want fastfield; then
+  # the fast preset's semantic stages (1,000 codebook and 5,000 field steps at the paper's lr 1e-3)
+  # on the tiny preset's RGB stage: does lr 1e-3 train the field in 5,000 steps? (the whole fast
+  # preset densifies 3,000 RGB steps, far too slow for 2 CPU cores)
+  run bench/bench_pipeline.py --seeds 101 102 103 --variants ccl --preset tiny --set field.iterations=5000 \
+      --set field.lr=1e-3 --set field.codebook_iterations=1000 --out $R/pipeline_fast_field.json; fi
 if want misreads; then
   # the same with the simulator's CLIP misreads switched on (priors.sim_confusion, default 0)
   for m in 3 5; do
