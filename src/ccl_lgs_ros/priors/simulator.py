@@ -406,6 +406,7 @@ class SimulatorBackend:
         if cached is None:
             sem = {n: self._encoder.semantic(n) for n in names}
             cached = {}
+
             def likeness(a: str, b: str) -> tuple[bool, float, int]:
                 same_shape = shape.get(a) is not None and shape.get(a) == shape.get(b)
                 return same_shape, round(float(sem[a] @ sem[b]), 6), _hash_seed("confuser", self.cfg.sim_seed, a, b)
