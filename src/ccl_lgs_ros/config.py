@@ -156,8 +156,9 @@ class PriorsConfig:
     sim_feature_noise: float = _f(0.15, "Simulator only: per-view noise of mask features.", min=0.0)
     sim_confusion: float = _f(
         0.0,
-        "Simulator only: how often CLIP misreads an object as the most similar other label of the "
-        "scene (chance per object and view = this x a view-direction factor in 0..1 x (1 + occlusion)).",
+        "Simulator only: how often CLIP misreads an object as another label of the scene (one of the "
+        "same shape, else the most similar; chance per object and view = this x a view-direction "
+        "factor in 0..1 x (1 + occlusion)).",
         min=0.0,
         max=1.0,
     )
