@@ -59,7 +59,7 @@ if want fastfield; then
   run bench/bench_pipeline.py --seeds 101 102 103 --variants ccl --preset tiny --set field.iterations=5000 \
       --set field.lr=1e-3 --set field.codebook_iterations=1000 --out $R/pipeline_fast_field.json; fi
 if want cloudclip; then
-  # query.clip_cloud off vs on (three margins) on freshly trained, kept pipeline scenes
+  # query.clip_cloud off vs on (four margins) on freshly trained, kept pipeline scenes
   CLIP=$(mktemp -d)
   run bench/bench_pipeline.py --seeds 101 102 103 --variants ccl --keep "$CLIP" --out "$CLIP/pipeline.json"
   run bench/bench_cloud_clip.py --work "$CLIP" --margins 0.5 1 1.5 2 --out $R/query/cloud_clip.json; fi
