@@ -162,6 +162,14 @@ class PriorsConfig:
         min=0.0,
         max=1.0,
     )
+    sim_misread_keep: float = _f(
+        0.35,
+        "Simulator only: share of an object's own semantics left in a misread CLIP feature, "
+        "unit(keep x own + confuser): near 0 the view looks entirely like the confuser, near 1 the "
+        "misread is a near tie between the two labels.",
+        min=0.0,
+        max=0.99,
+    )
     sim_dim: int = _f(512, "Simulator only: dimension of the simulated CLIP space.", min=8)
     sim_seed: int = _f(0, "Simulator only: random seed.")
     sim_ground_truth: str = _f(

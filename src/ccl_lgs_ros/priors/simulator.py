@@ -67,8 +67,6 @@ _PROFILES: dict[str, tuple[float, float, float]] = {
     "wp": (0.3, 0.4, 0.2),
 }
 _BOUNDARY_FLIP = 0.45  # boundary pixels flipped to a neighbour's region at full strength
-#: Share of an object's own semantics left in a misread CLIP feature (the rest is the confuser).
-MISREAD_KEEP = 0.35
 _IDENTITY_ERROR = 0.08  # tracker identity errors per visible object and frame at full strength
 _STOPWORDS = frozenset({"a", "an", "the", "of", "some", "photo"})
 
@@ -430,7 +428,7 @@ class SimulatorBackend:
         """Compact object id -> semantic direction, for the objects CLIP misreads in this view.
 
         A misread object looks mostly like its confuser (:meth:`_confusers`): its semantic
-        direction becomes ``unit(MISREAD_KEEP * own + confuser)``. The chance is
+        direction becomes ``unit(sim_misread_keep * own + confuser)``. The chance is
         ``sim_confusion * view * (1 + occlusion)``: ``view = ((1 + cos(heading - phase)) / 2)^2``
         with a fixed phase per object, so misreads cluster in a range of viewing directions (a
         reflection, an unlucky side) instead of being independent per frame, and partly hidden
@@ -439,6 +437,7 @@ class SimulatorBackend:
         strength = float(self.cfg.sim_confusion)
         if strength <= 0:
             return {}
+        keep = float(self.cfg.sim_misread_keep)
         confusers = self._confusers(capture)
         out: dict[int, np.ndarray] = {}
         for j, (g, label) in enumerate(objects):
@@ -450,7 +449,7 @@ class SimulatorBackend:
             view = (0.5 * (1.0 + np.cos(heading - phase))) ** 2
             if u_read < strength * view * (1.0 + float(occlusion[j])):
                 own = self._encoder.semantic(label)
-                out[j] = _unit(MISREAD_KEEP * own + self._encoder.semantic(other))
+                out[j] = _unit(keep * own + self._encoder.semantic(other))
         return out
 
     def _object_vectors(self, g: int, label: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
