@@ -14,6 +14,7 @@ from ccl_lgs_ros.priors.simulator import (
     identity_switch_rate,
     mask_inconsistency,
     mask_objects,
+    readout_accuracy,
 )
 from ccl_lgs_ros.priors.stage import build_text_encoder
 from ccl_lgs_ros.priors.types import PriorsBackend
@@ -235,3 +236,34 @@ def test_misreads(scene: Capture) -> None:
         same += sum(a == b for a, b in zip(states, states[1:]))
     rate = n_high / max(1, 2 * n_obj_views)
     assert same / runs > 1.0 - 2.0 * rate * (1.0 - rate) + 0.1
+
+
+def test_readout_accuracy_and_misread_strength(scene: Capture) -> None:
+    """``readout_accuracy``: every mask reads right without misreads; misreads lower it by the
+    same masks whatever ``sim_misread_keep`` is, and a higher keep leaves a nearer tie."""
+    enc = SimulatedTextEncoder(512, 0)
+    names = sorted({inst["label"] for inst in scene.instances if not inst.get("background")})
+    text = dict(zip(names, enc.encode_text(names)))
+    assert readout_accuracy(scene, _run(scene, 0.0, sim_feature_noise=0.0), "wp", text) == 1.0
+    strong = _run(scene, 0.0, sim_feature_noise=0.0, sim_confusion=0.8, sim_misread_keep=0.35)
+    tie = _run(scene, 0.0, sim_feature_noise=0.0, sim_confusion=0.8, sim_misread_keep=0.8)
+    acc = readout_accuracy(scene, strong, "wp", text)
+    assert 0.3 < acc < 1.0 and readout_accuracy(scene, tie, "wp", text) == acc
+    # A mask's own vectors can be passed in: the features themselves give the same answer.
+    assert readout_accuracy(scene, strong, "wp", text, [fp.levels["wp"].features for fp in strong]) == acc
+    labels = {inst["id"]: inst["label"] for inst in scene.instances}
+    confusers = SimulatorBackend(Config())._confusers(scene)
+    margins = {}
+    for name, priors in (("strong", strong), ("tie", tie)):
+        gaps = []
+        for i, fp in enumerate(priors):
+            lp = fp.levels["wp"]
+            dominant, _ = mask_objects(lp.masks, scene.load_instances(i), len(lp.labels))
+            for m, g in enumerate(dominant.tolist()):
+                if g in labels and labels[g] in confusers:
+                    f = lp.features[m].astype(np.float32)
+                    own, other = f @ text[labels[g]], f @ enc.encode_text([confusers[labels[g]]])[0]
+                    if other > own:
+                        gaps.append(other - own)
+        margins[name] = float(np.mean(gaps))
+    assert 0 < margins["tie"] < 0.5 * margins["strong"]

@@ -699,6 +699,63 @@ def identity_switch_rate(capture: Capture, priors: Sequence[FramePriors], level:
     return float(changes / transitions) if transitions else 0.0
 
 
+def mask_readouts(
+    capture: Capture,
+    priors: Sequence[FramePriors],
+    level: str,
+    text_embeddings: dict[str, np.ndarray],
+    vectors: Sequence[np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """What each mask of ``level`` reads as, over all frames (masks in frame order).
+
+    Every mask's vector (``vectors[frame][mask]``, default the mask's CLIP feature, e.g. the
+    codebook prototype it was assigned to) reads as the label of ``text_embeddings`` (label ->
+    unit text embedding, usually the scene's object labels) with the highest cosine.
+
+    Returns:
+        ``truth int64 [M]`` (index into ``names`` of the label of the mask's dominant GT object;
+        -1 for background or a label not in ``text_embeddings``), ``area float64 [M]`` (pixels),
+        ``read int64 [M]`` (index into ``names``) and ``names`` (the sorted labels).
+    """
+    gt_labels, background = SimulatorBackend._gt_labels(capture)
+    names = sorted(text_embeddings)
+    text = np.stack([np.asarray(text_embeddings[n], dtype=np.float32) for n in names])
+    truth, area, read = [], [], []
+    for i, fp in enumerate(priors):
+        lp = fp.levels[level]
+        k = len(lp.labels)
+        if k == 0:
+            continue
+        ids = _match_shape(_require_ids(capture, i), lp.masks.shape)
+        dominant, _ = mask_objects(lp.masks, ids, k)
+        truth.append([-1 if int(g) in background or gt_labels.get(int(g)) not in text_embeddings
+                      else names.index(gt_labels[int(g)]) for g in dominant])  # fmt: skip
+        area.append(np.bincount(lp.masks[lp.masks >= 0], minlength=k).astype(np.float64))
+        vec = np.asarray(lp.features if vectors is None else vectors[i], dtype=np.float32)
+        read.append(np.argmax(vec @ text.T, axis=1))
+    if not truth:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), names
+    return np.concatenate(truth).astype(np.int64), np.concatenate(area), np.concatenate(read).astype(np.int64), names
+
+
+def readout_accuracy(
+    capture: Capture,
+    priors: Sequence[FramePriors],
+    level: str,
+    text_embeddings: dict[str, np.ndarray],
+    vectors: Sequence[np.ndarray] | None = None,
+) -> float:
+    """Share of object pixels whose mask vector reads as its object's label (0..1).
+
+    Every mask dominated by a non-background GT object counts with its pixel area (see
+    :func:`mask_readouts`). This is what the 2D query sees of a view before the field averages
+    over views: 1 means every mask reads right.
+    """
+    truth, area, read, _ = mask_readouts(capture, priors, level, text_embeddings, vectors)
+    counted = truth >= 0
+    total = float(area[counted].sum())
+    return float(area[counted & (read == truth)].sum() / total) if total > 0 else 1.0
+
 __all__ = [
     "ALL_LEVELS",
     "SimulatedTextEncoder",
@@ -707,4 +764,6 @@ __all__ = [
     "identity_switch_rate",
     "mask_inconsistency",
     "mask_objects",
+    "mask_readouts",
+    "readout_accuracy",
 ]
