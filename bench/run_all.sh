@@ -64,8 +64,16 @@ if want cloudclip; then
   run bench/bench_pipeline.py --seeds 101 102 103 --variants ccl --keep "$CLIP" --out "$CLIP/pipeline.json"
   run bench/bench_cloud_clip.py --work "$CLIP" --margins 0.5 1 1.5 2 --out $R/query/cloud_clip.json; fi
 if want misreads; then
-  # the same with the simulator's CLIP misreads switched on (priors.sim_confusion, default 0)
+  # the same with the simulator's CLIP misreads switched on (priors.sim_confusion, default 0):
+  # strong misreads (the view looks almost entirely like the confuser, sim_misread_keep 0.35) and
+  # near ties (0.8)
   for m in 3 5; do
     run bench/bench_pipeline.py --seeds 101 102 103 --variants baseline pull push ccl \
-        --set priors.sim_confusion=0.$m --out $R/pipeline_misreads_$m.json
+        --set priors.sim_confusion=0.$m --set priors.sim_misread_keep=0.35 --out $R/pipeline_misreads_$m.json
+    run bench/bench_pipeline.py --seeds 101 102 103 --variants baseline pull push ccl \
+        --set priors.sim_confusion=0.$m --set priors.sim_misread_keep=0.8 --out $R/pipeline_misreads_tie_$m.json
   done; fi
+if want readout; then
+  # the codebook stage alone under misreads of several strengths: do pull/push make masks read right?
+  run bench/bench_codebook.py --seeds 101 102 103 --confusions 0.3 0.5 --keeps 0.35 0.6 0.8 0.9 \
+      --out $R/codebook_readout.json; fi
