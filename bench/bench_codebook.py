@@ -6,7 +6,9 @@ semantics a misread feature keeps; low = the view looks entirely like the confus
 near tie). The codebook of each level is then learnt with the ablation's losses (codebook only,
 +pull, +push, full CCL-LGS) and scored by ``readout_accuracy``: the share of object pixels whose
 prototype reads as the object's label among the scene's labels (the raw CLIP features' own
-accuracy is the reference). ``<variant>_on_other`` is the share of the misread masks' pixels
+accuracy is the reference), and by the synthetic protocol's LERF 2D mIoU computed on every
+view's index maps directly (``<variant>_miou_2d``: each pixel takes its mask's prototype, no
+field; what the 2D metric makes of the readout). ``<variant>_on_other`` is the share of the misread masks' pixels
 whose prototype belongs to another object (most of that prototype's pixels are another label's):
 there the codebook cannot tell the misread view from the confuser itself. No field is trained,
 so this isolates stage 4 of the method in about a second per codebook. Writes one JSON
@@ -38,6 +40,41 @@ def machine() -> dict:
             "loadavg_start": os.getloadavg()}
 
 
+def lerf_miou(capture, priors, books, backend, cfg) -> float:  # noqa: ANN001
+    """The synthetic protocol's LERF 2D mIoU on every view's index maps, without a field: each
+    pixel's vector is its mask's prototype (``books[level]``; ``None``: the CLIP feature)."""
+    from ccl_lgs_ros.eval.metrics2d import (
+        LERF_REFERENCE_WIDTH,
+        SMOOTH_SIZE,
+        label_masks,
+        lerf_evaluate_query,
+        mask_boxes,
+    )
+    from ccl_lgs_ros.semantics.relevance import relevance_scores
+
+    encoder = backend.text_encoder()
+    negatives = encoder.encode_text(list(cfg.query.negatives))
+    per_label: dict[str, list[float]] = {}
+    for i in range(len(capture.frames)):
+        ids = capture.load_instances(i)
+        gts = label_masks(ids, capture.instances)
+        size = max(1, round(SMOOTH_SIZE * ids.shape[1] / LERF_REFERENCE_WIDTH))
+        for label in sorted(gts):
+            positive = encoder.encode_text([label])[0]
+            maps = {}
+            for level, book in books.items():
+                lp = priors[i].levels[level]
+                vec = lp.features.astype(np.float32) if book is None else book.codebook[book.mask_codes[i]]
+                rel = np.zeros(lp.masks.shape, np.float32)
+                inside = lp.masks >= 0
+                if len(vec):
+                    rel[inside] = relevance_scores(vec, positive, negatives)[lp.masks[inside]]
+                maps[level] = rel
+            result = lerf_evaluate_query(maps, gts[label], mask_boxes(gts[label]), size)
+            per_label.setdefault(label, []).append(result.iou)
+    return float(np.mean([np.mean(v) for v in per_label.values()]))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103])
@@ -59,7 +96,7 @@ def main() -> int:
     host = machine()
     work = Path(tempfile.mkdtemp(prefix="ccl_bench_codebook_"))
     settings = [(c, k) for c in args.confusions for k in args.keeps]
-    runs = []
+    runs, runs_2d = [], []
     for seed in args.seeds:
         capture = generate_scene(work / f"capture_{seed}", seed=seed, width=args.width, height=args.height,
                                  num_frames=args.frames)
@@ -74,19 +111,26 @@ def main() -> int:
             backend.associate(capture, priors, levels)
             text = dict(zip(names, backend.text_encoder().encode_text(names)))
             f = cfg.field
+            rows = {}
             for level in levels:
-                row = {"seed": seed, "confusion": confusion, "keep": keep, "level": level,
-                       "raw": readout_accuracy(capture, priors, level, text)}
-                truth, area, raw_read, _ = mask_readouts(capture, priors, level, text)
-                misread = (truth >= 0) & (raw_read != truth)
-                for variant, (pull, push) in VARIANTS.items():
+                rows[level] = {"seed": seed, "confusion": confusion, "keep": keep, "level": level,
+                               "raw": readout_accuracy(capture, priors, level, text)}
+            lerf = {"seed": seed, "confusion": confusion, "keep": keep,
+                    "raw": lerf_miou(capture, priors, {lv: None for lv in levels}, backend, cfg)}
+            for variant, (pull, push) in VARIANTS.items():
+                books = {}
+                for level in levels:
                     t0 = time.monotonic()
-                    cb = train_codebook(priors, level, f.codebook_size, f.codebook_iterations, lr=f.codebook_lr,
-                                        lambda_pull=pull * f.lambda_pull, lambda_push=push * f.lambda_push,
-                                        margin=f.push_margin, frames_per_batch=f.codebook_frames_per_batch,
-                                        seed=f.seed)
+                    cb = books[level] = train_codebook(
+                        priors, level, f.codebook_size, f.codebook_iterations, lr=f.codebook_lr,
+                        lambda_pull=pull * f.lambda_pull, lambda_push=push * f.lambda_push, margin=f.push_margin,
+                        frames_per_batch=f.codebook_frames_per_batch, seed=f.seed)
+                    row = rows[level]
+                    row[f"{variant}_seconds"] = round(time.monotonic() - t0, 3)
                     vectors = [cb.codebook[c] for c in cb.mask_codes]
                     row[variant] = readout_accuracy(capture, priors, level, text, vectors)
+                    truth, area, raw_read, _ = mask_readouts(capture, priors, level, text)
+                    misread = (truth >= 0) & (raw_read != truth)
                     codes = np.concatenate(cb.mask_codes)
                     owner = {}  # prototype -> the label holding most of its object pixels
                     for j in np.unique(codes[truth >= 0]):
@@ -95,25 +139,31 @@ def main() -> int:
                     on_other = [owner[int(j)] != t for j, t in zip(codes[misread], truth[misread])]
                     row[f"{variant}_on_other"] = (float(area[misread][on_other].sum() / area[misread].sum())
                                                   if misread.any() else 0.0)
-                    row[f"{variant}_seconds"] = round(time.monotonic() - t0, 3)
-                print(json.dumps(row), flush=True)
-                runs.append(row)
+                lerf[variant] = lerf_miou(capture, priors, books, backend, cfg)
+            for level in levels:
+                print(json.dumps(rows[level]), flush=True)
+                runs.append(rows[level])
+            print(json.dumps(lerf), flush=True)
+            runs_2d.append(lerf)
     summary = {}
     for confusion, keep in settings:
         rs = [r for r in runs if r["confusion"] == confusion and r["keep"] == keep]
+        r2 = [r for r in runs_2d if r["confusion"] == confusion and r["keep"] == keep]
         summary[f"confusion={confusion:g},keep={keep:g}"] = {
-            v: float(np.mean([r[v] for r in rs])) for v in ("raw", *VARIANTS, *(f"{u}_on_other" for u in VARIANTS))}
+            **{v: float(np.mean([r[v] for r in rs])) for v in ("raw", *VARIANTS, *(f"{u}_on_other" for u in VARIANTS))},
+            **{f"{v}_miou_2d": float(np.mean([r[v] for r in r2])) for v in ("raw", *VARIANTS)}}
     cfg = load_config(preset=args.preset)
     doc = {"benchmark": "codebook_readout", "command": "python bench/bench_codebook.py " + " ".join(
         ["--seeds", *map(str, args.seeds), "--confusions", *map(str, args.confusions), "--keeps",
          *map(str, args.keeps), "--corruption", str(args.corruption), "--preset", args.preset]),
         "note": "readout accuracy: share of object pixels whose codebook prototype reads as the object's label "
                 "among the scene's object labels, mean over seeds and the two levels (sp, wp); raw = the CLIP "
-                "features themselves",
+                "features themselves; <variant>_miou_2d: the synthetic protocol's LERF 2D mIoU on every view's "
+                "index maps (the prototype of each pixel's mask, no field), mean over seeds",
         "codebook": {"size": cfg.field.codebook_size, "iterations": cfg.field.codebook_iterations,
                      "lr": cfg.field.codebook_lr, "lambda_pull": cfg.field.lambda_pull,
                      "lambda_push": cfg.field.lambda_push, "margin": cfg.field.push_margin},
-        "date": time.strftime("%Y-%m-%d"), "machine": host, "runs": runs, "summary": summary}
+        "date": time.strftime("%Y-%m-%d"), "machine": host, "runs": runs, "runs_2d": runs_2d, "summary": summary}
     doc["machine"]["loadavg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
