@@ -10,7 +10,11 @@ accuracy is the reference), and by the synthetic protocol's LERF 2D mIoU compute
 view's index maps directly (``<variant>_miou_2d``: each pixel takes its mask's prototype, no
 field; what the 2D metric makes of the readout). ``<variant>_on_other`` is the share of the misread masks' pixels
 whose prototype belongs to another object (most of that prototype's pixels are another label's):
-there the codebook cannot tell the misread view from the confuser itself. No field is trained,
+there the codebook cannot tell the misread view from the confuser itself.
+``<variant>_rel_own_clean`` / ``_rel_own_misread`` / ``_rel_misread_as``: the LERF relevance
+(against the canonical negatives, as the 2D query scores it) of the prototypes of correctly read
+masks for their label, of misread masks for their own label and for the label CLIP read instead
+(area-weighted). No field is trained,
 so this isolates stage 4 of the method in about a second per codebook. Writes one JSON
 (machine recorded) and a PNG plot.
 
@@ -38,6 +42,18 @@ def machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "loadavg_start": os.getloadavg()}
+
+
+def relevance_of(vectors: np.ndarray, which: np.ndarray, names: list, text: dict, negatives: np.ndarray) -> np.ndarray:
+    """LERF relevance of ``vectors[m]`` for the label ``names[which[m]]`` (NaN where ``which`` < 0)."""
+    from ccl_lgs_ros.semantics.relevance import relevance_scores
+
+    out = np.full(len(which), np.nan)
+    for j, name in enumerate(names):
+        sel = which == j
+        if sel.any():
+            out[sel] = relevance_scores(vectors[sel], text[name], negatives)
+    return out
 
 
 def lerf_miou(capture, priors, books, backend, cfg) -> float:  # noqa: ANN001
@@ -110,6 +126,7 @@ def main() -> int:
             priors = [backend.frame_priors(capture, i, levels) for i in range(len(capture.frames))]
             backend.associate(capture, priors, levels)
             text = dict(zip(names, backend.text_encoder().encode_text(names)))
+            negatives = backend.text_encoder().encode_text(list(cfg.query.negatives))
             f = cfg.field
             rows = {}
             for level in levels:
@@ -139,6 +156,16 @@ def main() -> int:
                     on_other = [owner[int(j)] != t for j, t in zip(codes[misread], truth[misread])]
                     row[f"{variant}_on_other"] = (float(area[misread][on_other].sum() / area[misread].sum())
                                                   if misread.any() else 0.0)
+                    # LERF relevance (against the canonical negatives) of each mask's prototype for
+                    # its own label and, on misread masks, for the label CLIP read instead.
+                    flat = np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32)
+                    own = relevance_of(flat, truth, names, text, negatives)
+                    other = relevance_of(flat, raw_read, names, text, negatives)
+                    clean = (truth >= 0) & ~misread
+                    for key, sel, rel in (("own_clean", clean, own), ("own_misread", misread, own),
+                                          ("misread_as", misread, other)):
+                        row[f"{variant}_rel_{key}"] = (float(np.average(rel[sel], weights=area[sel]))
+                                                       if sel.any() else float("nan"))
                 lerf[variant] = lerf_miou(capture, priors, books, backend, cfg)
             for level in levels:
                 print(json.dumps(rows[level]), flush=True)
@@ -151,6 +178,8 @@ def main() -> int:
         r2 = [r for r in runs_2d if r["confusion"] == confusion and r["keep"] == keep]
         summary[f"confusion={confusion:g},keep={keep:g}"] = {
             **{v: float(np.mean([r[v] for r in rs])) for v in ("raw", *VARIANTS, *(f"{u}_on_other" for u in VARIANTS))},
+            **{f"{u}_rel_{k}": float(np.nanmean([r[f"{u}_rel_{k}"] for r in rs]))
+               for u in VARIANTS for k in ("own_clean", "own_misread", "misread_as")},
             **{f"{v}_miou_2d": float(np.mean([r[v] for r in r2])) for v in ("raw", *VARIANTS)}}
     cfg = load_config(preset=args.preset)
     doc = {"benchmark": "codebook_readout", "command": "python bench/bench_codebook.py " + " ".join(
