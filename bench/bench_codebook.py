@@ -128,10 +128,11 @@ def main() -> int:
             text = dict(zip(names, backend.text_encoder().encode_text(names)))
             negatives = backend.text_encoder().encode_text(list(cfg.query.negatives))
             f = cfg.field
-            rows = {}
+            rows, reads = {}, {}
             for level in levels:
                 rows[level] = {"seed": seed, "confusion": confusion, "keep": keep, "level": level,
                                "raw": readout_accuracy(capture, priors, level, text)}
+                reads[level] = mask_readouts(capture, priors, level, text)[:3]  # truth, area, CLIP's read
             lerf = {"seed": seed, "confusion": confusion, "keep": keep,
                     "raw": lerf_miou(capture, priors, {lv: None for lv in levels}, backend, cfg)}
             for variant, (pull, push) in VARIANTS.items():
@@ -146,7 +147,7 @@ def main() -> int:
                     row[f"{variant}_seconds"] = round(time.monotonic() - t0, 3)
                     vectors = [cb.codebook[c] for c in cb.mask_codes]
                     row[variant] = readout_accuracy(capture, priors, level, text, vectors)
-                    truth, area, raw_read, _ = mask_readouts(capture, priors, level, text)
+                    truth, area, raw_read = reads[level]
                     misread = (truth >= 0) & (raw_read != truth)
                     codes = np.concatenate(cb.mask_codes)
                     owner = {}  # prototype -> the label holding most of its object pixels

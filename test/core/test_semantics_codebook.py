@@ -158,9 +158,10 @@ def test_missing_level_raises() -> None:
 def test_pull_push_correct_near_tie_clip_misreads(tmp_path) -> None:
     """The point of CCL on simulated priors: when CLIP misreads an object in some views as a
     near tie with its confuser (``sim_misread_keep`` 0.8) while SAM 2 keeps tracking it, full CCL
-    moves the shared prototypes so that more masks read as their own object than with the
-    codebook alone. (Misreads that look almost entirely like the confuser, keep 0.35, sit on the
-    confuser's own prototype; no codebook can undo those, see docs/BENCHMARKS.md.)"""
+    pulls the misread views' prototypes toward the object's other views, so that more masks read
+    as their own object than with the codebook alone. (Misreads that look almost entirely like
+    the confuser, keep 0.35, lie so close to it that a prototype reading as their own label loses
+    them to the confuser's; see docs/BENCHMARKS.md.)"""
     from ccl_lgs_ros.config import Config
     from ccl_lgs_ros.priors.simulator import SimulatorBackend, readout_accuracy
     from ccl_lgs_ros.synth import generate_scene
@@ -180,7 +181,6 @@ def test_pull_push_correct_near_tie_clip_misreads(tmp_path) -> None:
     for level in levels:
         raw = readout_accuracy(capture, priors, level, text)
         assert raw < 0.9  # the misreads are there
-
         acc = {}
         for name, weight in (("full", 0.25), ("codebook only", 0.0)):
             cb = train_codebook(priors, level, 32, 300, lambda_pull=weight, lambda_push=weight, seed=0)

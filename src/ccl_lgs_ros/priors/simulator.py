@@ -29,8 +29,10 @@ What it simulates:
 - **CLIP misreads** (``priors.sim_confusion``, off by default): in some views an object's feature
   is mostly that of its confuser (another label of the scene of the same shape, else the most
   similar one), more often from one range of viewing directions and when partly hidden, as CLIP
-  mistakes a can for a cup from an unlucky side. The SAM 2 labels are unaffected (the tracker
-  follows the mask, not the feature), which is what CCL's pull/push can exploit.
+  mistakes a can for a cup from an unlucky side; ``priors.sim_misread_keep`` sets how much of
+  the object's own semantics the misread feature keeps (near 1: a near tie). The SAM 2 labels
+  are unaffected (the tracker follows the mask, not the feature), which is what CCL's pull/push
+  can exploit.
 - **SAM 2 association**: a mask takes its object's track label when it overlaps the object by
   IoU > ``priors.association_iou``; the tracker swaps identities (preferably between objects of
   the same label) or loses tracks at a rate growing with the corruption. With corruption 0 the
@@ -748,13 +750,16 @@ def readout_accuracy(
     """Share of object pixels whose mask vector reads as its object's label (0..1).
 
     Every mask dominated by a non-background GT object counts with its pixel area (see
-    :func:`mask_readouts`). This is what the 2D query sees of a view before the field averages
-    over views: 1 means every mask reads right.
+    :func:`mask_readouts`): a closed-vocabulary reading of one view's masks over the scene's
+    labels, before the field averages over views; 1 means every mask reads right. (The 2D query
+    scores relevance against canonical negatives instead, which a flipped argmax may hardly move;
+    see docs/BENCHMARKS.md.)
     """
     truth, area, read, _ = mask_readouts(capture, priors, level, text_embeddings, vectors)
     counted = truth >= 0
     total = float(area[counted].sum())
     return float(area[counted & (read == truth)].sum() / total) if total > 0 else 1.0
+
 
 __all__ = [
     "ALL_LEVELS",
