@@ -170,6 +170,15 @@ class PriorsConfig:
         min=0.0,
         max=0.99,
     )
+    sim_objectness: float = _f(
+        0.0,
+        "Simulator only: share of a common 'objectness' direction in every image feature and in "
+        "generic phrases ('object', 'things', 'stuff', 'texture', ...), so that LERF's canonical "
+        "negatives score close to an object's own label, as with CLIP (0: unrelated words; the "
+        "relevance of a matching label then saturates near 0.95).",
+        min=0.0,
+        max=0.95,
+    )
     sim_dim: int = _f(512, "Simulator only: dimension of the simulated CLIP space.", min=8)
     sim_seed: int = _f(0, "Simulator only: random seed.")
     sim_ground_truth: str = _f(

@@ -267,3 +267,29 @@ def test_readout_accuracy_and_misread_strength(scene: Capture) -> None:
                         gaps.append(other - own)
         margins[name] = float(np.mean(gaps))
     assert 0 < margins["tie"] < 0.5 * margins["strong"]
+
+
+def test_objectness_brings_the_canonical_negatives_closer() -> None:
+    """``sim_objectness``: generic phrases and every image feature share a direction, so LERF's
+    relevance of an object's own label against "object", "things", ... stops saturating, while
+    the label still beats the negatives and other labels; the spec carries it to query time."""
+    from ccl_lgs_ros.semantics.relevance import relevance_scores
+
+    negatives = ["object", "things", "stuff", "texture"]
+    rel = {}
+    for g in (0.0, 0.6):
+        enc = SimulatedTextEncoder(512, 0, objectness=g)
+        image = enc.to_image_space(enc.semantic("red mug"))[None].astype(np.float32)
+        q = enc.encode_text(["red mug", "blue box", *negatives])
+        rel[g] = (relevance_scores(image, q[0], q[2:])[0], relevance_scores(image, q[1], q[2:])[0])
+        assert float(image[0] @ q[0]) > float((q[1:] @ image[0]).max())  # the label still reads best
+        assert build_text_encoder(enc.spec()).spec() == enc.spec()
+        np.testing.assert_allclose(build_text_encoder(enc.spec()).encode_text(negatives), q[2:])
+    assert rel[0.0][0] > 0.9 and 0.55 < rel[0.6][0] < 0.85  # no longer saturated
+    assert rel[0.6][1] < rel[0.6][0] - 0.3  # another label stays far below
+    # Non-generic phrases are untouched; a phrase with a generic word and another is not generic.
+    a, b = SimulatedTextEncoder(512, 0), SimulatedTextEncoder(512, 0, objectness=0.6)
+    np.testing.assert_array_equal(a.semantic("red object"), b.semantic("red object"))
+    assert float(a.semantic("things") @ b.semantic("things")) < 0.9
+    with pytest.raises(ValueError, match="objectness"):
+        SimulatedTextEncoder(512, 0, objectness=1.0)

@@ -89,6 +89,11 @@ class SimulatedTextEncoder:
     Args:
         dim: embedding dimension (``priors.sim_dim``).
         seed: changes every direction (``priors.sim_seed``).
+        objectness: ``priors.sim_objectness`` in [0, 1): the share of a common "objectness"
+            direction in every image feature and in the semantics of generic phrases
+            (:attr:`GENERIC_WORDS`: "object", "things", "stuff", ...), so that LERF's canonical
+            negatives score close to an object's own label, as they do with CLIP. 0: generic
+            words are as unrelated to images as any other word.
     """
 
     kind = "simulator"
@@ -97,12 +102,17 @@ class SimulatedTextEncoder:
     #: Modality gap: share of the semantic direction in a text embedding (the rest is the
     #: common text direction), in an image feature, and the cosine of the two common directions.
     TEXT_SEMANTIC, IMAGE_SEMANTIC, MODALITY_COSINE = 0.5, 0.6, 0.25
+    #: Phrases made only of these words are generic (LERF's canonical negatives and the like).
+    GENERIC_WORDS = frozenset({"object", "objects", "thing", "things", "stuff", "texture", "textures", "item", "items"})
 
-    def __init__(self, dim: int = 512, seed: int = 0) -> None:
+    def __init__(self, dim: int = 512, seed: int = 0, objectness: float = 0.0) -> None:
         if dim < 2:
             raise ValueError("dim must be >= 2")
+        if not 0.0 <= objectness < 1.0:
+            raise ValueError(f"objectness must be in [0, 1), got {objectness}")
         self._dim = int(dim)
         self.seed = int(seed)
+        self.objectness = float(objectness)
         self._cache: dict[str, np.ndarray] = {}
 
     @property
@@ -130,7 +140,14 @@ class SimulatedTextEncoder:
         if not toks:
             return phrase
         words = _unit(np.sum([self._direction("word", t) for t in toks], axis=0))
-        return _unit(self._WORDS * words + self._PHRASE * phrase)
+        sem = _unit(self._WORDS * words + self._PHRASE * phrase)
+        if self.objectness > 0 and all(t in self.GENERIC_WORDS for t in toks):
+            sem = self._with_objectness(sem)
+        return sem
+
+    def _with_objectness(self, semantic: np.ndarray) -> np.ndarray:
+        g = self.objectness
+        return _unit(np.sqrt(1.0 - g * g) * _unit(semantic) + g * self._direction("objectness", "common"))
 
     def _modality(self, which: str) -> np.ndarray:
         image = self._direction("modality", "image")
@@ -149,7 +166,10 @@ class SimulatedTextEncoder:
     def to_image_space(self, semantic: np.ndarray) -> np.ndarray:
         """Unit image features ``[..., D]`` from semantic directions ``[..., D]``."""
         a = self.IMAGE_SEMANTIC
-        return _unit(a * _unit(semantic) + np.sqrt(1.0 - a * a) * self._modality("image"))
+        sem = _unit(semantic)
+        if self.objectness > 0:  # every crop also looks like "an object"
+            sem = self._with_objectness(sem)
+        return _unit(a * sem + np.sqrt(1.0 - a * a) * self._modality("image"))
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """``float32 [Q, D]`` unit vectors."""
@@ -160,7 +180,8 @@ class SimulatedTextEncoder:
         return np.stack([self.embed(t) for t in texts]).astype(np.float32)
 
     def spec(self) -> dict:
-        return {"kind": self.kind, "version": SIM_VERSION, "dim": self._dim, "seed": self.seed}
+        return {"kind": self.kind, "version": SIM_VERSION, "dim": self._dim, "seed": self.seed,
+                "objectness": self.objectness}
 
     @staticmethod
     def from_spec(spec: dict) -> SimulatedTextEncoder:
@@ -168,7 +189,8 @@ class SimulatedTextEncoder:
             raise ValueError(f"not a simulator text-encoder spec: {spec!r}")
         if int(spec.get("version", SIM_VERSION)) != SIM_VERSION:
             raise ValueError(f"simulator text encoder version {spec.get('version')} != {SIM_VERSION}")
-        return SimulatedTextEncoder(dim=int(spec["dim"]), seed=int(spec.get("seed", 0)))
+        return SimulatedTextEncoder(dim=int(spec["dim"]), seed=int(spec.get("seed", 0)),
+                                    objectness=float(spec.get("objectness", 0.0)))
 
 
 # ----------------------------------------------------------------------------- masks
@@ -255,7 +277,7 @@ class SimulatorBackend:
 
     def __init__(self, cfg: PriorsConfig | Config) -> None:
         self.cfg = cfg.priors if isinstance(cfg, Config) else cfg
-        self._encoder = SimulatedTextEncoder(self.cfg.sim_dim, self.cfg.sim_seed)
+        self._encoder = SimulatedTextEncoder(self.cfg.sim_dim, self.cfg.sim_seed, self.cfg.sim_objectness)
         self._object_cache: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._confuser_cache: dict[str, dict[str, str]] = {}
         self._reference: tuple[str, Capture, list[int]] | None = None
