@@ -97,6 +97,7 @@ def main() -> int:
     p.add_argument("--confusions", type=float, nargs="+", default=[0.3, 0.5])
     p.add_argument("--keeps", type=float, nargs="+", default=[0.35, 0.6, 0.8, 0.9])
     p.add_argument("--corruption", type=float, default=0.3, help="priors.sim_corruption")
+    p.add_argument("--objectness", type=float, default=0.0, help="priors.sim_objectness")
     p.add_argument("--preset", default="tiny", help="config preset whose field.codebook_* settings are used")
     p.add_argument("--frames", type=int, default=24)
     p.add_argument("--width", type=int, default=128)
@@ -120,7 +121,8 @@ def main() -> int:
         for confusion, keep in settings:
             cfg = load_config(preset=args.preset, overrides={
                 "priors.backend": "simulator", "priors.sim_corruption": args.corruption,
-                "priors.sim_confusion": confusion, "priors.sim_misread_keep": keep})
+                "priors.sim_confusion": confusion, "priors.sim_misread_keep": keep,
+                "priors.sim_objectness": args.objectness})
             backend = SimulatorBackend(cfg)
             levels = ("sp", "wp")
             priors = [backend.frame_priors(capture, i, levels) for i in range(len(capture.frames))]
@@ -185,7 +187,8 @@ def main() -> int:
     cfg = load_config(preset=args.preset)
     doc = {"benchmark": "codebook_readout", "command": "python bench/bench_codebook.py " + " ".join(
         ["--seeds", *map(str, args.seeds), "--confusions", *map(str, args.confusions), "--keeps",
-         *map(str, args.keeps), "--corruption", str(args.corruption), "--preset", args.preset]),
+         *map(str, args.keeps), "--corruption", str(args.corruption), "--objectness", str(args.objectness),
+         "--preset", args.preset]),
         "note": "readout accuracy: share of object pixels whose codebook prototype reads as the object's label "
                 "among the scene's object labels, mean over seeds and the two levels (sp, wp); raw = the CLIP "
                 "features themselves; <variant>_miou_2d: the synthetic protocol's LERF 2D mIoU on every view's "
@@ -214,7 +217,8 @@ def main() -> int:
             ax.set_title(f"sim_confusion {confusion:g}")
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=8)
-        fig.suptitle(f"codebook stage alone, seeds {args.seeds}", fontsize=9)
+        extra = f", sim_objectness {args.objectness:g}" if args.objectness else ""
+        fig.suptitle(f"codebook stage alone, seeds {args.seeds}{extra}", fontsize=9)
         fig.tight_layout()
         fig.savefig(args.out.with_suffix(".png"), dpi=100)
     except ImportError:

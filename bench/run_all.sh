@@ -76,4 +76,13 @@ if want misreads; then
 if want readout; then
   # the codebook stage alone under misreads of several strengths: do pull/push make masks read right?
   run bench/bench_codebook.py --seeds 101 102 103 --confusions 0.3 0.5 --keeps 0.35 0.6 0.8 0.9 \
-      --out $R/codebook_readout.json; fi
+      --out $R/codebook_readout.json
+  # the same with generic phrases close to every object crop (priors.sim_objectness, default 0)
+  run bench/bench_codebook.py --seeds 101 102 103 --confusions 0.3 0.5 --keeps 0.35 0.6 0.8 0.9 \
+      --objectness 0.6 --out $R/codebook_readout_objectness.json; fi
+if want objectness; then
+  # the CCL ablation with sim_objectness 0.6, without and with near-tie misreads
+  run bench/bench_pipeline.py --seeds 101 102 103 --variants baseline pull push ccl \
+      --set priors.sim_objectness=0.6 --out $R/pipeline_objectness.json
+  run bench/bench_pipeline.py --seeds 101 102 103 --variants baseline pull push ccl --set priors.sim_confusion=0.3 \
+      --set priors.sim_misread_keep=0.8 --set priors.sim_objectness=0.6 --out $R/pipeline_objectness_tie_3.json; fi
