@@ -88,6 +88,9 @@ def _write_params(out: Path, args: argparse.Namespace, synthetic: bool, depth: b
     # A synthetic scene is sparse already: keep every frame. A real capture keeps the node's
     # keyframe selection.
     capture = {"min_translation": 0.0, "min_rotation_deg": 0.0, "blur_rejection": False} if synthetic else {}
+    # The replay is a recording, not a live sensor: take it over reliable QoS so that a busy
+    # machine slows the capture down instead of dropping frames (the default, sensor_data, is
+    # best effort with a short queue, as a live camera wants).
     params = {
         "ccl_lgs_mapper": {
             "ros__parameters": {
@@ -98,6 +101,7 @@ def _write_params(out: Path, args: argparse.Namespace, synthetic: bool, depth: b
                     "pose_topic": "/camera/pose",
                     "pose_topic_type": "PoseStamped",
                     "depth_topic": DEPTH_TOPIC if depth else "",
+                    "sensor_qos": "reliable",
                     "capture_dir": str(out / "capture"),
                     "scene_dir": str(out / "scenes"),
                     "allowed_roots": _allowed_roots(out, args),
@@ -207,7 +211,12 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.5)
         _say(f"the node kept {keyframes} keyframes in {out / 'capture'}")
         if keyframes < max(4, n_src // 2):
-            raise RuntimeError(f"only {keyframes} keyframes captured (see {out / 'mapping_node.log'})")
+            node_log.flush()
+            tail = (out / "mapping_node.log").read_text(errors="replace").splitlines()[-25:]
+            raise RuntimeError(
+                f"only {keyframes} of {n_src} keyframes captured; the end of {out / 'mapping_node.log'}:\n"
+                + "\n".join(tail)
+            )
 
         # 3. train
         backend = "real SAM / SAM 2 / CLIP" if real else "simulator"
