@@ -40,6 +40,9 @@ VARIANTS = {
     "ccl-n128": {"field.codebook_size": 128},
     "gags": {"field.method": "gags"},
     "cgc": {"field.method": "cgc"},
+    # The variants' query index from each Gaussian's decoded feature (before: their only path).
+    "gags-decoded": {"field.method": "gags", "field.query_codes": "decoded"},
+    "cgc-decoded": {"field.method": "cgc", "field.query_codes": "decoded"},
 }
 
 

@@ -45,6 +45,10 @@ if want priors; then
 if want pipeline; then
   run bench/bench_pipeline.py --seeds 101 102 103 \
       --variants ccl ccl-decoded baseline pull push gags cgc --out $R/pipeline_ablation.json; fi
+if want variantlift; then
+  # the gags / cgc query index: lifted rendered pixel codes (default) vs decoded per-Gaussian features
+  run bench/bench_pipeline.py --seeds 101 102 103 \
+      --variants gags gags-decoded cgc cgc-decoded --out $R/pipeline_variants_lifted.json; fi
 if want codebook; then
   run bench/bench_pipeline.py --seeds 101 102 103 \
       --variants ccl-n16 ccl-n64 ccl-n128 --out $R/pipeline_codebook_size.json; fi

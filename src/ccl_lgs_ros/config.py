@@ -230,8 +230,9 @@ class FieldConfig:
     query_codes: str = _f(
         "lifted",
         "Per-Gaussian codes of the query index: 'decoded' (each Gaussian's feature through the "
-        "decoder), 'lifted' (2D index maps voted onto Gaussians through their rendering weights) "
-        "or 'combined' (lifted where a Gaussian was seen with a clear majority, else decoded).",
+        "decoder), 'lifted' (2D index maps voted onto Gaussians through their rendering weights; for "
+        "gags / cgc the field's own rendered pixel codes) or 'combined' (lifted where a Gaussian was "
+        "seen with a clear majority, else decoded).",
         choices=["decoded", "lifted", "combined"],
     )
 

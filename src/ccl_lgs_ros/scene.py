@@ -50,33 +50,57 @@ def _scene_record(scene_dir: Path) -> dict[str, Any]:
 
 
 def _lifted_codes(scene_dir: Path, capture: Any, cfg: Any, levels: list[str], device: str) -> dict[str, Any]:
-    """Per level, each Gaussian's code voted from the 2D index maps of the training views through
-    its rendering weights (:func:`~.query.lift.lift_labels`); CCL-LGS only (needs the codebook's
-    per-mask codes)."""
+    """Per level, each Gaussian's code voted from 2D index maps of the training views through its
+    rendering weights (:func:`~.query.lift.lift_labels`).
+
+    CCL-LGS votes its own targets, the codebook's per-mask codes. The ``gags`` and ``cgc``
+    variants have no per-mask codes: they vote the field's own rendered pixel codes (the codes
+    its 2D relevance reads), on the pixels a SAM mask of the level covers. Each Gaussian then
+    takes what the views it appears in say, instead of what its single feature decodes to."""
     from .io import load_npz
     from .priors.stage import load_priors
     from .query.lift import lift_labels
-    from .semantics.field import load_scene_from_world, split_by_counts
+    from .semantics.field import load_field, load_scene_from_world, split_by_counts
+    from .semantics.relevance import pixel_codes, render_field
     from .semantics.views import FrozenGaussians, supervised_views
     from .splat.data import split_indices
 
-    arrays = load_npz(scene_dir / "field" / "codebook.npz")
     priors, _ = load_priors(scene_dir / "priors")
     n = len(priors)
-    codes = {lv: split_by_counts(arrays[f"codes.{lv}"], arrays[f"counts.{lv}"], n) for lv in levels}
     train_idx, _ = split_indices(len(capture.frames), cfg.rgb.holdout_every)
-    views = supervised_views(capture, priors, train_idx, load_scene_from_world(scene_dir / "rgb"), levels, codes,
-                             "cpu")
+    sfw = load_scene_from_world(scene_dir / "rgb")
     g = FrozenGaussians.load(scene_dir / "rgb" / "gaussians.npz", device)
+    maps: dict[str, list[np.ndarray]] = {}
+    cams: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    if cfg.field.method == "ccl":
+        arrays = load_npz(scene_dir / "field" / "codebook.npz")
+        num_codes = {lv: int(arrays[f"codebook.{lv}"].shape[0]) for lv in levels}
+        codes = {lv: split_by_counts(arrays[f"codes.{lv}"], arrays[f"counts.{lv}"], n) for lv in levels}
+        for v in supervised_views(capture, priors, train_idx, sfw, levels, codes, "cpu"):
+            for lv, target in v.targets.items():
+                maps.setdefault(lv, []).append(target.numpy())
+                cams.setdefault(lv, []).append((v.viewmat.numpy(), v.K.numpy()))
+    else:
+        field = load_field(scene_dir)
+        num_codes = {lv: int(field.codebooks[lv].shape[0]) for lv in levels}
+        prior_levels = sorted({lv for fp in priors for lv in fp.levels})
+        for v in supervised_views(capture, priors, train_idx, sfw, prior_levels, None, device):
+            rendered = render_field(field, g, [v], cfg.rgb.backend)
+            for lv in levels:
+                # The level's own masks (cgc: sp / wp); GAGS' single field: any level's masks.
+                masks = [v.masks[lv]] if lv in v.masks else list(v.masks.values())
+                covered = np.logical_or.reduce([m.cpu().numpy() >= 0 for m in masks])
+                if not covered.any():
+                    continue
+                maps.setdefault(lv, []).append(np.where(covered, pixel_codes(field, lv, rendered[lv])[0], -1))
+                cams.setdefault(lv, []).append((v.viewmat.cpu().numpy(), v.K.cpu().numpy()))
     out = {}
     for lv in levels:
-        use = [v for v in views if lv in v.targets]
-        if not use:
+        if not maps.get(lv):
             continue
         out[lv] = lift_labels(
-            g.means, g.quats, g.scales, g.opacities, np.stack([v.viewmat.numpy() for v in use]),
-            np.stack([v.K.numpy() for v in use]), [v.targets[lv].numpy() for v in use],
-            int(arrays[f"codebook.{lv}"].shape[0]), backend=cfg.rgb.backend, device=device,
+            g.means, g.quats, g.scales, g.opacities, np.stack([c[0] for c in cams[lv]]),
+            np.stack([c[1] for c in cams[lv]]), maps[lv], num_codes[lv], backend=cfg.rgb.backend, device=device,
         )
     return out
 
@@ -88,8 +112,9 @@ def build_query_index(scene_dir: str | Path, frame_id: str, capture: Any = None,
     Per-Gaussian codes come from ``field.query_codes``: ``decoded`` (each Gaussian's own feature
     through the decoder, the paper's field), ``lifted`` (votes of the 2D index maps through the
     Gaussian's rendering weights) or ``combined`` (lifted where a Gaussian was seen with a
-    clear majority, decoded elsewhere). Lifting needs the capture and config; without them, or
-    for the ``gags`` / ``cgc`` variants, codes are decoded.
+    clear majority, decoded elsewhere). Lifting needs the capture and config; without them codes
+    are decoded. The ``gags`` / ``cgc`` variants lift their rendered pixel codes (see
+    :func:`_lifted_codes`).
     """
     from .query.index import LevelCodes, SemanticIndex
     from .semantics import per_gaussian_code_probs
@@ -102,7 +127,7 @@ def build_query_index(scene_dir: str | Path, frame_id: str, capture: Any = None,
     levels = {name: LevelCodes.from_probs(probs[name], codebooks[name]) for name in probs}
     mode = cfg.field.query_codes if cfg is not None else "decoded"
     stats: dict[str, Any] = {"query_codes": mode}
-    if mode != "decoded" and cfg is not None and capture is not None and cfg.field.method == "ccl":
+    if mode != "decoded" and cfg is not None and capture is not None:
         lifted = _lifted_codes(scene_dir, capture, cfg, list(levels), device)
         for name, lift in lifted.items():
             lifted_codes = lift.to_level_codes(codebooks[name])
