@@ -1,7 +1,7 @@
 """The replay tool's ``--wait-subscribers``: it starts once the image topic is matched with its
-subscribers in DDS and each of their nodes' subscriptions to the other replayed topics (CameraInfo,
-depth, pose) is matched as well; then every frame reaches a listener with its pose. The graph's
-subscription count, which it used to wait on, counts subscriptions that never match too."""
+subscribers and each of their nodes' subscriptions to the other replayed topics (CameraInfo,
+depth, pose) is matched as well; then every frame reaches a listener with its pose. (It used to
+wait for the image topic alone, so frames could go out before the pose subscription matched.)"""
 
 from __future__ import annotations
 

@@ -21,12 +21,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped
-from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.utilities import remove_ros_args
@@ -81,26 +79,13 @@ class ReplayNode(Node):
         self.args = args
         self.fixed_frame = args.fixed_frame or capture.frame_id
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        # Subscriptions each publisher is matched with in DDS (its "matched" event). The graph's
-        # count (get_subscription_count) comes earlier: it includes subscriptions the DDS layer has
-        # not matched yet, or never will (another type, incompatible QoS), which receive nothing.
-        self.matched: dict[str, int] = {}
-        self.image_pub = self._publisher(Image, args.image_topic, qos)
-        self.info_pub = self._publisher(CameraInfo, args.camera_info_topic, qos)
-        self.depth_pub = self._publisher(Image, args.depth_topic, qos) if args.depth_topic else None
-        pose_qos = QoSProfile(depth=100)
-        self.pose_pub = self._publisher(PoseStamped, args.pose_topic, pose_qos) if args.pose_topic else None
+        self.image_pub = self.create_publisher(Image, args.image_topic, qos)
+        self.info_pub = self.create_publisher(CameraInfo, args.camera_info_topic, qos)
+        self.depth_pub = self.create_publisher(Image, args.depth_topic, qos) if args.depth_topic else None
+        self.pose_pub = (
+            self.create_publisher(PoseStamped, args.pose_topic, QoSProfile(depth=100)) if args.pose_topic else None
+        )
         self.tf = tf2_ros.TransformBroadcaster(self) if tf2_ros is not None and not args.no_tf else None
-
-    def _publisher(self, msg_type: type, topic: str, qos: QoSProfile):  # noqa: ANN202 - rclpy Publisher
-        name: list[str] = []  # the resolved topic name, known once the publisher exists
-
-        def on_matched(info: Any) -> None:  # runs while spinning, after the publisher is made
-            self.matched[name[0]] = int(info.current_count)
-
-        pub = self.create_publisher(msg_type, topic, qos, event_callbacks=PublisherEventCallbacks(matched=on_matched))
-        name.append(pub.topic_name)
-        return pub
 
     def publish_frame(self, i: int) -> None:
         cap, args = self.capture, self.args
@@ -129,14 +114,15 @@ class ReplayNode(Node):
         self.image_pub.publish(conv.rgb_to_image_msg(rgb, cam_header, "rgb8"))
 
     def wait_for_subscribers(self) -> bool:
-        """Wait until the image topic is matched (in DDS, not only known to the ROS graph) with
-        ``--wait-subscribers`` subscriptions, and every other topic this node publishes (CameraInfo,
-        depth, pose) with as many subscriptions as there are image subscribers' nodes that subscribe
-        to it. Waiting for the graph's count of the image topic alone let the first frames go out
-        before the mapping node's subscriptions had matched: those frames were lost."""
+        """Wait until the image topic is matched with ``--wait-subscribers`` subscriptions and every
+        other topic this node publishes (CameraInfo, depth, pose) with as many subscriptions as there
+        are image subscribers' nodes that subscribe to it (``get_subscription_count`` is the DDS
+        match count: an incompatible subscription is not counted). Waiting for the image topic
+        alone let the first frames go out before the mapping node's pose and CameraInfo
+        subscriptions had matched: those frames were lost."""
         want = int(self.args.wait_subscribers)
         deadline = time.monotonic() + float(self.args.wait_timeout)
-        while self.matched.get(self.image_pub.topic_name, 0) < want or self._unmatched_topics():
+        while self.image_pub.get_subscription_count() < want or self._unmatched_topics():
             if time.monotonic() > deadline:
                 return False
             rclpy.spin_once(self, timeout_sec=0.1)
@@ -146,9 +132,9 @@ class ReplayNode(Node):
         """Topics we publish that an image subscriber's node subscribes to but that are not yet
         matched to as many subscriptions as there are such nodes."""
         infos = self.get_subscriptions_info_by_topic(self.image_pub.topic_name)
-        if len(infos) < self.matched.get(self.image_pub.topic_name, 0):
-            # DDS matched an image subscription before the ROS graph named its node: which other
-            # topics that node subscribes to is not known yet.
+        if len(infos) < self.image_pub.get_subscription_count():
+            # DDS matched an image subscription before the ROS graph's endpoint list had it: which
+            # other topics its node subscribes to is not known yet.
             return [f"{self.image_pub.topic_name} (its subscribers' nodes are not in the ROS graph yet)"]
         # The endpoint info gives the root namespace as "", which the by-node query refuses.
         nodes = {(i.node_name, "/" + i.node_namespace.lstrip("/")) for i in infos}
@@ -160,7 +146,7 @@ class ReplayNode(Node):
                 return [f"{self.image_pub.topic_name} (node {ns.rstrip('/')}/{name} is not in the ROS graph yet)"]
         missing = []
         for pub in (self.info_pub, self.depth_pub, self.pose_pub):
-            if pub is not None and self.matched.get(pub.topic_name, 0) < sum(pub.topic_name in s for s in subscribed):
+            if pub is not None and pub.get_subscription_count() < sum(pub.topic_name in s for s in subscribed):
                 missing.append(pub.topic_name)
         return missing
 
@@ -203,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.wait_subscribers and not node.wait_for_subscribers():
             unmatched = node._unmatched_topics()
-            if node.matched.get(node.image_pub.topic_name, 0) >= args.wait_subscribers and unmatched:
+            if node.image_pub.get_subscription_count() >= args.wait_subscribers and unmatched:
                 why = f"the image subscribers' subscriptions to {', '.join(unmatched)} did not match (QoS?)"
             else:
                 why = f"fewer than {args.wait_subscribers} subscriber(s) on {args.image_topic}"
