@@ -122,6 +122,7 @@ def test_variant_query_index_lifts_the_rendered_codes(method: str, tmp_path: Pat
     """``field.query_codes: lifted`` for the variants: every Gaussian takes the code that the field
     renders where it is seen. Rendering those per-Gaussian codes back into the training views must
     then reproduce the field's own pixel codes better than the decoded per-Gaussian codes do."""
+    from ccl_lgs_ros.pipeline import SCENE_FORMAT_VERSION
     from ccl_lgs_ros.priors.stage import load_priors
     from ccl_lgs_ros.query.index import SemanticIndex
     from ccl_lgs_ros.scene import QUERY_INDEX, build_query_index
@@ -136,8 +137,8 @@ def test_variant_query_index_lifts_the_rendered_codes(method: str, tmp_path: Pat
     field = load_field(scene)
     level = field.levels[0]
     nc = field.codebooks[level].shape[0]
-    identity = np.eye(4).tolist()
-    atomic_write_json(scene / "scene.json", {"format_version": 1, "frame_id": "map", "world_from_scene": identity})
+    atomic_write_json(scene / "scene.json", {"format_version": SCENE_FORMAT_VERSION, "frame_id": "map",
+                                             "world_from_scene": np.eye(4).tolist()})  # fmt: skip
     codes = {}
     for mode in ("decoded", "lifted"):
         cfg.field.query_codes = mode
