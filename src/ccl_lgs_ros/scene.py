@@ -49,7 +49,7 @@ def _scene_record(scene_dir: Path) -> dict[str, Any]:
     return record
 
 
-def _lifted_codes(scene_dir: Path, capture: Any, cfg: Any, levels: list[str], device: str) -> dict[str, Any]:
+def _lifted_codes(scene_dir: Path, capture: Any, cfg: Any, field: Any, device: str) -> dict[str, Any]:
     """Per level, each Gaussian's code voted from 2D index maps of the training views through its
     rendering weights (:func:`~.query.lift.lift_labels`).
 
@@ -60,11 +60,12 @@ def _lifted_codes(scene_dir: Path, capture: Any, cfg: Any, levels: list[str], de
     from .io import load_npz
     from .priors.stage import load_priors
     from .query.lift import lift_labels
-    from .semantics.field import load_field, load_scene_from_world, split_by_counts
+    from .semantics.field import load_scene_from_world, split_by_counts
     from .semantics.relevance import pixel_codes, render_field
     from .semantics.views import FrozenGaussians, supervised_views
     from .splat.data import split_indices
 
+    levels = list(field.levels)
     priors, _ = load_priors(scene_dir / "priors")
     n = len(priors)
     train_idx, _ = split_indices(len(capture.frames), cfg.rgb.holdout_every)
@@ -81,7 +82,6 @@ def _lifted_codes(scene_dir: Path, capture: Any, cfg: Any, levels: list[str], de
                 maps.setdefault(lv, []).append(target.numpy())
                 cams.setdefault(lv, []).append((v.viewmat.numpy(), v.K.numpy()))
     else:
-        field = load_field(scene_dir)
         num_codes = {lv: int(field.codebooks[lv].shape[0]) for lv in levels}
         prior_levels = sorted({lv for fp in priors for lv in fp.levels})
         for v in supervised_views(capture, priors, train_idx, sfw, prior_levels, None, device):
@@ -117,18 +117,19 @@ def build_query_index(scene_dir: str | Path, frame_id: str, capture: Any = None,
     :func:`_lifted_codes`).
     """
     from .query.index import LevelCodes, SemanticIndex
-    from .semantics import per_gaussian_code_probs
+    from .semantics import gaussian_code_probs, load_field
     from .splat.gaussians import GaussianModel
 
     scene_dir = Path(scene_dir)
     record = _scene_record(scene_dir)
     gaussians = GaussianModel.load(scene_dir / "rgb" / "gaussians.npz").to_numpy()
-    probs, codebooks = per_gaussian_code_probs(scene_dir)
+    field = load_field(scene_dir)  # once: the decoded codes and the variants' lifting both read it
+    probs, codebooks = gaussian_code_probs(field), {lv: field.codebooks[lv] for lv in field.levels}
     levels = {name: LevelCodes.from_probs(probs[name], codebooks[name]) for name in probs}
     mode = cfg.field.query_codes if cfg is not None else "decoded"
     stats: dict[str, Any] = {"query_codes": mode}
     if mode != "decoded" and cfg is not None and capture is not None:
-        lifted = _lifted_codes(scene_dir, capture, cfg, list(levels), device)
+        lifted = _lifted_codes(scene_dir, capture, cfg, field, device)
         for name, lift in lifted.items():
             lifted_codes = lift.to_level_codes(codebooks[name])
             if mode == "lifted":

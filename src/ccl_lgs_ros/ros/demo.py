@@ -88,9 +88,6 @@ def _write_params(out: Path, args: argparse.Namespace, synthetic: bool, depth: b
     # A synthetic scene is sparse already: keep every frame. A real capture keeps the node's
     # keyframe selection.
     capture = {"min_translation": 0.0, "min_rotation_deg": 0.0, "blur_rejection": False} if synthetic else {}
-    # The replay is a recording, not a live sensor: take it over reliable QoS so that a busy
-    # machine slows the capture down instead of dropping frames (the default, sensor_data, is
-    # best effort with a short queue, as a live camera wants).
     params = {
         "ccl_lgs_mapper": {
             "ros__parameters": {
@@ -101,6 +98,9 @@ def _write_params(out: Path, args: argparse.Namespace, synthetic: bool, depth: b
                     "pose_topic": "/camera/pose",
                     "pose_topic_type": "PoseStamped",
                     "depth_topic": DEPTH_TOPIC if depth else "",
+                    # The replay is a recording, not a live sensor: reliable QoS, so that a busy
+                    # machine slows the capture down instead of dropping frames (the default,
+                    # sensor_data, is best effort with a short queue, as a live camera wants).
                     "sensor_qos": "reliable",
                     "capture_dir": str(out / "capture"),
                     "scene_dir": str(out / "scenes"),
