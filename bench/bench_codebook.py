@@ -62,6 +62,7 @@ def lerf_miou(capture, priors, books, backend, cfg) -> float:  # noqa: ANN001
     from ccl_lgs_ros.eval.metrics2d import (
         LERF_REFERENCE_WIDTH,
         SMOOTH_SIZE,
+        SYNTHETIC_OPTIONS,
         label_masks,
         lerf_evaluate_query,
         mask_boxes,
@@ -86,7 +87,7 @@ def lerf_miou(capture, priors, books, backend, cfg) -> float:  # noqa: ANN001
                 if len(vec):
                     rel[inside] = relevance_scores(vec, positive, negatives)[lp.masks[inside]]
                 maps[level] = rel
-            result = lerf_evaluate_query(maps, gts[label], mask_boxes(gts[label]), size)
+            result = lerf_evaluate_query(maps, gts[label], mask_boxes(gts[label]), size, SYNTHETIC_OPTIONS)
             per_label.setdefault(label, []).append(result.iou)
     return float(np.mean([np.mean(v) for v in per_label.values()]))
 

@@ -206,9 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a trained scene")
     p.add_argument("scene", type=Path)
-    p.add_argument("--protocol", default="rgb", choices=["rgb", "synthetic", "lerf-ovs", "3d-ovs"])
+    p.add_argument("--protocol", default="rgb", choices=["rgb", "synthetic", "lerf-ovs", "3d-ovs", "3d"],
+                   help="rgb: PSNR/SSIM; synthetic: 2D+3D on synthetic GT; lerf-ovs (LangSplat's script) and "
+                        "3d-ovs (LEGaussians'): 2D maps vs label folders; 3d: select Gaussians by text, "
+                        "render the selection, IoU vs the LERF labels (--labels) or the synthetic GT")
     p.add_argument("--capture", type=Path, default=None, help="capture folder (default: the one it was trained on)")
-    p.add_argument("--labels", type=Path, default=None, help="label folder (lerf-ovs / 3d-ovs)")
+    p.add_argument("--labels", type=Path, default=None, help="label folder (lerf-ovs / 3d-ovs / 3d)")
     p.add_argument("--out", type=Path, default=None, help="write renders / relevance maps here")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true")

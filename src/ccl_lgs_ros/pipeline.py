@@ -189,4 +189,9 @@ def evaluate(scene_dir: str | Path, protocol: str = "rgb", capture: str | Path |
         if labels is None:
             raise ValueError("--labels is required for the 3d-ovs protocol")
         return evaluate_3d_ovs(scene_dir, cap, Path(labels), cfg, device=device, out_dir=out_dir)
+    if protocol == "3d":
+        from .eval.protocol3d import evaluate_3d
+
+        return evaluate_3d(scene_dir, cap, cfg, labels=Path(labels) if labels else None, device=device,
+                           out_dir=out_dir)  # fmt: skip
     raise ValueError(f"unknown protocol {protocol!r}")
