@@ -7,6 +7,7 @@ import pytest
 import torch
 from plyfile import PlyData
 
+from ccl_lgs_ros.config import PRESETS, Config
 from ccl_lgs_ros.geometry import similarity
 from ccl_lgs_ros.splat.data import read_ply_points
 from ccl_lgs_ros.splat.gaussians import GaussianModel
@@ -34,7 +35,7 @@ def test_splat_ply_layout_and_round_trip(tmp_path):
     assert n == len(model)
     v = PlyData.read(str(tmp_path / "g.ply"))["vertex"]
     names = list(v.data.dtype.names)
-    rest = [f"f_rest_{i}" for i in range(3 * 8)]
+    rest = [f"f_rest_{i}" for i in range(3 * 15)]  # degree 3 layout (the model is degree 2: zero 3rd band)
     assert names == ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", *rest, "opacity",
                      "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]  # fmt: skip
     assert all(v.data.dtype[k] == np.float32 for k in names)
@@ -44,10 +45,16 @@ def test_splat_ply_layout_and_round_trip(tmp_path):
     np.testing.assert_allclose(v["scale_0"], raw["log_scales"][:, 0] + np.log(4.0), rtol=1e-5, atol=1e-5)
     # f_rest is channel-major: the first K-1 values are the red channel of every higher band.
     np.testing.assert_allclose([v[f"f_rest_{i}"][3] for i in range(8)], raw["shN"][3, :, 0], rtol=1e-6)
+    assert all(not v[f"f_rest_{i}"].any() for i in range(8, 15))
     back = import_splat_ply(tmp_path / "g.ply")
-    assert back.sh_degree == 2 and len(back) == len(model)
-    for key in ("quats", "opacity_logits", "sh0", "shN"):
+    assert back.sh_degree == 3 and len(back) == len(model)
+    for key in ("quats", "opacity_logits", "sh0"):
         np.testing.assert_allclose(back.state_arrays()[key], raw[key], rtol=1e-6, err_msg=key)
+    np.testing.assert_allclose(back.state_arrays()["shN"][:, :8], raw["shN"], rtol=1e-6)
+    assert not back.state_arrays()["shN"][:, 8:].any()
+    # The model's own degree on request.
+    export_splat_ply(tmp_path / "own.ply", model, world_from_scene, sh_degree=None)
+    assert len([k for k in PlyData.read(str(tmp_path / "own.ply"))["vertex"].data.dtype.names if "rest" in k]) == 24
     # Re-exported without a transform, the file is byte-identical to the first.
     export_splat_ply(tmp_path / "g2.ply", back)
     assert (tmp_path / "g.ply").read_bytes() == (tmp_path / "g2.ply").read_bytes()
@@ -90,3 +97,46 @@ def test_import_rejects_a_non_3dgs_ply(tmp_path):
     export_point_cloud_ply(tmp_path / "c.ply", _model())
     with pytest.raises(ValueError, match="missing 3DGS properties"):
         import_splat_ply(tmp_path / "c.ply")
+
+
+def _load_ply_3dgs(path, max_sh_degree: int = 3) -> dict[str, np.ndarray]:
+    """The original 3DGS loader's reading of a ``.ply``, written out again (graphdeco-inria/
+    gaussian-splatting, scene/gaussian_model.py, GaussianModel.load_ply, commit 82bc4690):
+    properties by name, ``f_rest_*`` sorted by their number and asserted to be exactly
+    ``3 ((d + 1)^2 - 1)``, reshaped channel-major to ``[N, 3, K-1]`` then transposed to ``[N, K-1, 3]``."""
+    el = PlyData.read(str(path)).elements[0]
+    xyz = np.stack([np.asarray(el[k]) for k in ("x", "y", "z")], axis=1)
+    n = xyz.shape[0]
+    dc = np.zeros((n, 3, 1))
+    for c in range(3):
+        dc[:, c, 0] = np.asarray(el[f"f_dc_{c}"])
+
+    def names(prefix: str) -> list[str]:
+        return sorted((p.name for p in el.properties if p.name.startswith(prefix)), key=lambda s: int(s.split("_")[-1]))
+
+    rest_names = names("f_rest_")
+    assert len(rest_names) == 3 * (max_sh_degree + 1) ** 2 - 3, "the 3DGS loader's assertion"
+    rest = np.stack([np.asarray(el[k]) for k in rest_names], axis=1).reshape(n, 3, (max_sh_degree + 1) ** 2 - 1)
+
+    def by_prefix(prefix: str) -> np.ndarray:
+        return np.stack([np.asarray(el[k]) for k in names(prefix)], axis=1)
+
+    return {"xyz": xyz, "opacity": np.asarray(el["opacity"])[:, None], "features_dc": dc.transpose(0, 2, 1),
+            "features_rest": rest.transpose(0, 2, 1), "scaling": by_prefix("scale_"), "rotation": by_prefix("rot")}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_exports_what_the_original_3dgs_loader_reads(preset, tmp_path):
+    degree = int(PRESETS[preset].get("rgb.sh_degree", Config().rgb.sh_degree))
+    model = _model(n=12, degree=degree)
+    export_splat_ply(tmp_path / "g.ply", model)
+    g = _load_ply_3dgs(tmp_path / "g.ply")  # raises on a wrong f_rest count
+    raw = model.state_arrays()
+    np.testing.assert_allclose(g["xyz"], raw["means"], rtol=1e-6)
+    np.testing.assert_allclose(g["features_dc"], raw["sh0"], rtol=1e-6)
+    k = raw["shN"].shape[1]
+    np.testing.assert_allclose(g["features_rest"][:, :k], raw["shN"], rtol=1e-6)
+    assert g["features_rest"].shape == (12, 15, 3) and not g["features_rest"][:, k:].any()
+    np.testing.assert_allclose(g["opacity"][:, 0], raw["opacity_logits"], rtol=1e-6)
+    np.testing.assert_allclose(g["scaling"], raw["log_scales"], rtol=1e-6)
+    np.testing.assert_allclose(g["rotation"], raw["quats"], rtol=1e-6)

@@ -3,7 +3,10 @@
 - :func:`export_splat_ply`: the standard 3D Gaussian splatting layout read by common splat
   viewers: ``x y z nx ny nz f_dc_0..2 f_rest_0.. opacity scale_0..2 rot_0..3`` (float32;
   opacity as a logit, scales as logs, rotation w x y z, ``f_rest`` channel-major as in the
-  original 3DGS code).
+  original 3DGS code). Written at SH degree 3 by default whatever the model's degree (zero higher
+  bands, the same colours): the original 3DGS loader (``graphdeco-inria/gaussian-splatting``
+  ``scene/gaussian_model.py`` ``load_ply``, default ``sh_degree 3``) asserts exactly
+  ``3 * ((3 + 1)^2 - 1) = 45`` ``f_rest_*`` properties.
 - :func:`export_point_cloud_ply`: Gaussian centres with their base colour (``x y z red green blue``).
 - :func:`import_splat_ply`: the inverse of :func:`export_splat_ply`.
 
@@ -86,11 +89,26 @@ def _write_ply(path: str | Path, vertex: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def export_splat_ply(path: str | Path, model: GaussianModel, world_from_scene: np.ndarray | None = None) -> int:
-    """Write the standard 3DGS ``.ply`` (world frame). Returns the number of Gaussians written."""
+#: SH degree of the exported layout: the original 3DGS loader's default.
+EXPORT_SH_DEGREE = 3
+
+
+def export_splat_ply(path: str | Path, model: GaussianModel, world_from_scene: np.ndarray | None = None,
+                     sh_degree: int | None = EXPORT_SH_DEGREE) -> int:  # fmt: skip
+    """Write the standard 3DGS ``.ply`` (world frame). Returns the number of Gaussians written.
+
+    ``sh_degree``: the layout's degree (default 3, what the original 3DGS loader expects); a model
+    of lower degree gets zero higher bands, one of higher degree keeps its own. ``None`` writes the
+    model's own degree.
+    """
     w = world_arrays(model, world_from_scene)
     n = len(w["means"])
-    f_rest = np.transpose(w["shN"], (0, 2, 1)).reshape(n, -1)  # [N, 3*(K-1)], channel-major
+    shN = w["shN"]  # [N, K-1, 3]
+    if sh_degree is not None:
+        bands = (max(int(sh_degree), 0) + 1) ** 2 - 1
+        if shN.shape[1] < bands:
+            shN = np.concatenate([shN, np.zeros((n, bands - shN.shape[1], 3), shN.dtype)], axis=1)
+    f_rest = np.transpose(shN, (0, 2, 1)).reshape(n, -1)  # [N, 3*(K-1)], channel-major
     names = (
         ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
         + [f"f_rest_{i}" for i in range(f_rest.shape[1])]
