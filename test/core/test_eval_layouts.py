@@ -2,7 +2,7 @@
 
 A tiny synthetic scene is trained through the real pipeline (RGB on CPU, simulator priors, field,
 query index); its ground truth is written in LangSplat's ``label/<scene>/frame_XXXXX.{json,jpg}``
-layout by :func:`ccl_lgs_ros.synth.lerf_layout.write_lerf_ovs_labels`; then the command line runs
+layout by :func:`ccl_lgs_ros.synth.eval_layouts.write_lerf_ovs_labels`; then the command line runs
 ``--protocol lerf-ovs`` and ``--protocol 3d`` (LERF labels and synthetic GT) on it.
 """
 
@@ -20,7 +20,7 @@ from ccl_lgs_ros.cli import main
 from ccl_lgs_ros.config import load_config
 from ccl_lgs_ros.io import read_json
 from ccl_lgs_ros.synth import generate_scene
-from ccl_lgs_ros.synth.lerf_layout import write_lerf_ovs_labels
+from ccl_lgs_ros.synth.eval_layouts import write_lerf_ovs_labels
 
 pytestmark = pytest.mark.slow
 
@@ -95,3 +95,32 @@ def test_eval_lerf_ovs_and_3d_on_the_langsplat_layout(trained, tmp_path: Path, c
     rs = _cli(capsys, str(scene), "--protocol", "3d")
     assert rs["gt"] == "synthetic" and rs["frames"] == [0, 4] and rs["per_label"]
     assert not math.isnan(rs["miou"]) and rs["miou"] > 0.1
+    # What of the selection the camera sees (occluders in front) instead of the selection alone.
+    from ccl_lgs_ros.config import from_dict
+    from ccl_lgs_ros.eval.protocol3d import evaluate_3d
+
+    cfg = from_dict(read_json(scene / "scene.json")["config"])
+    occ = evaluate_3d(scene, capture, cfg, occlusion=True)
+    assert occ["occlusion"] and occ["per_label"].keys() == rs["per_label"].keys() and 0.1 < occ["miou"] <= 1.0
+
+
+def test_eval_3d_ovs_on_its_layout(trained, tmp_path: Path, capsys) -> None:
+    from ccl_lgs_ros.synth.eval_layouts import write_3d_ovs_labels
+
+    scene, capture = trained
+    seg = write_3d_ovs_labels(capture, tmp_path / "ovs", frames=[0, 4])
+    classes = (seg / "classes.txt").read_text().split("\n")[:-1]
+    views = sorted(p.name for p in seg.iterdir() if p.is_dir())
+    assert len(views) == 2 and classes
+    (seg / "not_a_frame").mkdir()  # a view the capture does not have
+    (seg / views[1] / "empty_view").mkdir()  # folders inside a view are ignored
+    res = _cli(capsys, str(scene), "--protocol", "3d-ovs", "--labels", str(tmp_path / "ovs"))
+    assert res["protocol"] == "3d-ovs" and "LEGaussians" in res["reference"]
+    assert res["missing_views"] == ["not_a_frame"] and sorted(res["images"]) == views
+    assert res["miou"] == pytest.approx(np.mean(list(res["images"].values())))
+    assert 0.2 < res["miou"] <= 1.0  # the trained scene finds its objects at relevance >= 0.5
+    # A view whose folder holds no mask of any class is NaN and, as numpy's mean, makes the mIoU NaN.
+    for f in (seg / views[0]).glob("*.png"):
+        f.unlink()
+    res = _cli(capsys, str(scene), "--protocol", "3d-ovs", "--labels", str(tmp_path / "ovs"))
+    assert math.isnan(res["images"][views[0]]) and math.isnan(res["miou"])

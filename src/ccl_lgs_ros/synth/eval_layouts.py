@@ -1,4 +1,8 @@
-"""Write a synthetic capture's ground truth in LangSplat's LERF-OVS label layout.
+"""Write a synthetic capture's ground truth in the label layouts of the published evaluation scripts.
+
+- :func:`write_lerf_ovs_labels`: LangSplat's LERF-OVS layout (below);
+- :func:`write_3d_ovs_labels`: the 3D-OVS layout LEGaussians' ``eval.py`` reads
+  (``segmentations/classes.txt`` + ``segmentations/<view>/<class>.png``, see :mod:`ccl_lgs_ros.eval.ovs3d`).
 
 LangSplat evaluates LERF-OVS from ``label/<scene>/frame_XXXXX.json`` with the test image
 ``frame_XXXXX.jpg`` beside it (reference: ``minghanqin/LangSplat`` ``eval/evaluate_iou_loc.py``
@@ -67,4 +71,32 @@ def write_lerf_ovs_labels(capture: Capture, root: str | Path, scene_name: str, f
     return out
 
 
-__all__ = ["write_lerf_ovs_labels"]
+def write_3d_ovs_labels(capture: Capture, root: str | Path, frames: Sequence[int] | None = None,
+                        classes: Sequence[str] | None = None) -> Path:  # fmt: skip
+    """Write ``root/segmentations/classes.txt`` and ``root/segmentations/<frame stem>/<label>.png``
+    (0 / 255 grayscale) for ``frames`` (default: every frame with an instance map). ``classes``
+    (default: every non-background label) go to ``classes.txt``; as in the 3D-OVS data, a view only
+    holds the masks of the classes visible in it. Returns the ``segmentations`` folder."""
+    from ..eval.metrics2d import label_masks
+
+    seg = Path(root) / "segmentations"
+    seg.mkdir(parents=True, exist_ok=True)
+    if classes is None:
+        classes = sorted({str(i["label"]) for i in capture.instances if not i.get("background")})
+    (seg / "classes.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
+    if frames is None:
+        frames = [i for i, f in enumerate(capture.frames) if f.instance_file_path]
+    for i in frames:
+        ids = capture.load_instances(i)
+        if ids is None:
+            raise ValueError(f"frame {i} has no instance map")
+        view = seg / Path(capture.frames[i].file_path).stem
+        view.mkdir(exist_ok=True)
+        for label, mask in label_masks(ids, capture.instances).items():
+            if label in classes:
+                if not cv2.imwrite(str(view / f"{label}.png"), mask.astype(np.uint8) * 255):
+                    raise OSError(f"cannot write {view / f'{label}.png'}")
+    return seg
+
+
+__all__ = ["write_3d_ovs_labels", "write_lerf_ovs_labels"]
