@@ -196,3 +196,20 @@ def test_ovs3d_gt_mask_is_the_first_channel(tmp_path) -> None:
     assert m.shape == (4, 5) and m[1, 1] and not m[2, 2] and m.sum() == 1
     Image.fromarray((rgb[..., 1]).astype(np.uint8)).save(tmp_path / "g.png")  # grayscale
     assert read_gt_mask(tmp_path / "g.png").sum() == 1
+
+
+def test_lerf_label_reading_as_the_reference(tmp_path) -> None:
+    import json
+
+    from ccl_lgs_ros.eval.lerf_ovs import find_frame, read_lerf_labels
+
+    data = {"info": {"name": "frame_00003.jpg", "width": 12, "height": 8},
+            "objects": [{"category": "egg", "segmentation": [[1.9, 1.9], [4.9, 1.9], [4.9, 4.9], [1.9, 4.9]],
+                         "bbox": [4.9, 4.9, 1.9, 1.9, 8, 0, 10, 2]}]}  # fmt: skip
+    (tmp_path / "frame_00003.json").write_text(json.dumps(data))
+    egg = read_lerf_labels(tmp_path / "frame_00003.json")["categories"]["egg"]
+    assert egg["mask"].sum() == 16 and egg["mask"][1:5, 1:5].all()  # vertices 1.9 -> 1, 4.9 -> 4
+    assert egg["boxes"] == [[4.9, 4.9, 1.9, 1.9], [8.0, 0.0, 10.0, 2.0]]  # rows of 4, as reshape(-1, 4)
+    # LangSplat's 5-digit frame names find a capture's 6-digit ones (same prefix and number).
+    by_stem = {"frame_000003": 2, ("frame_", 3): 2}
+    assert find_frame(by_stem, "frame_00003") == 2 and find_frame(by_stem, "frame_00004") is None

@@ -54,7 +54,8 @@ def read_lerf_labels(path: Path, vertices: str = "truncate") -> dict[str, Any]:
         entry = cats.setdefault(cat, {"mask": np.zeros((h, w), bool), "boxes": []})
         entry["mask"] |= polygon_mask(polys, h, w, vertices)
         if obj.get("bbox") is not None:
-            entry["boxes"].append([float(v) for v in np.asarray(obj["bbox"], dtype=np.float64).reshape(-1)[:4]])
+            # The reference reshapes every bbox to rows of 4 (x1 y1 x2 y2), so one entry may hold several.
+            entry["boxes"].extend(np.asarray(obj["bbox"], dtype=np.float64).reshape(-1, 4).tolist())
     return {"name": str(info.get("name", path.stem)), "width": w, "height": h, "categories": cats}
 
 
