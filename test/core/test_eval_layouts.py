@@ -113,12 +113,21 @@ def test_eval_3d_ovs_on_its_layout(trained, tmp_path: Path, capsys) -> None:
     views = sorted(p.name for p in seg.iterdir() if p.is_dir())
     assert len(views) == 2 and classes
     (seg / "not_a_frame").mkdir()  # a view the capture does not have
+    (seg / views[1] / f"{classes[0]}.png").unlink()  # a class without a mask file in that view
     (seg / views[1] / "empty_view").mkdir()  # folders inside a view are ignored
     res = _cli(capsys, str(scene), "--protocol", "3d-ovs", "--labels", str(tmp_path / "ovs"))
     assert res["protocol"] == "3d-ovs" and "LEGaussians" in res["reference"]
     assert res["missing_views"] == ["not_a_frame"] and sorted(res["images"]) == views
     assert res["miou"] == pytest.approx(np.mean(list(res["images"].values())))
     assert 0.2 < res["miou"] <= 1.0  # the trained scene finds its objects at relevance >= 0.5
+    # The project's earlier choice (a class without a mask file = an empty GT mask, scoring 0) is an option.
+    from ccl_lgs_ros.config import from_dict
+    from ccl_lgs_ros.eval.ovs3d import evaluate_3d_ovs
+
+    cfg = from_dict(read_json(scene / "scene.json")["config"])
+    empty = evaluate_3d_ovs(scene, capture, tmp_path / "ovs", cfg, missing_class="empty")
+    assert empty["images"][views[0]] == pytest.approx(res["images"][views[0]])
+    assert empty["images"][views[1]] < res["images"][views[1]]  # the missing class scores 0 there
     # A view whose folder holds no mask of any class is NaN and, as numpy's mean, makes the mIoU NaN.
     for f in (seg / views[0]).glob("*.png"):
         f.unlink()
