@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from gs_loader_reference import load_ply_3dgs
 from plyfile import PlyData
 from test_query_engine import FakeTextEncoder, cfg, codebook, two_mugs_scene
 
@@ -31,6 +32,7 @@ def test_gaussian_ply_uses_the_3dgs_layout_and_activations(tmp_path):
         "f_dc_0",
         "f_dc_1",
         "f_dc_2",
+        *[f"f_rest_{i}" for i in range(45)],  # degree-3 layout, zero bands: the 3DGS loader's default
         "opacity",
         "scale_0",
         "scale_1",
@@ -46,6 +48,9 @@ def test_gaussian_ply_uses_the_3dgs_layout_and_activations(tmp_path):
     assert np.allclose(0.5 + SH_C0 * np.stack([v[f"f_dc_{i}"] for i in range(3)], 1), colors, atol=1e-5)
     q = np.stack([v[f"rot_{i}"] for i in range(4)], 1)
     assert np.allclose(q, quats / np.linalg.norm(quats, axis=1, keepdims=True), atol=1e-6)
+    g = load_ply_3dgs(tmp_path / "g.ply")  # the original 3DGS loader reads it (asserts 45 f_rest)
+    assert g["features_rest"].shape == (m, 15, 3) and not g["features_rest"].any()
+    assert np.allclose(g["xyz"], means, atol=1e-6) and np.allclose(g["rotation"], q)
 
 
 def test_export_result_writes_clouds_gaussians_png_and_json(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from gs_loader_reference import load_ply_3dgs
 from plyfile import PlyData
 
 from ccl_lgs_ros.config import PRESETS, Config
@@ -99,38 +100,12 @@ def test_import_rejects_a_non_3dgs_ply(tmp_path):
         import_splat_ply(tmp_path / "c.ply")
 
 
-def _load_ply_3dgs(path, max_sh_degree: int = 3) -> dict[str, np.ndarray]:
-    """The original 3DGS loader's reading of a ``.ply``, written out again (graphdeco-inria/
-    gaussian-splatting, scene/gaussian_model.py, GaussianModel.load_ply, commit 82bc4690):
-    properties by name, ``f_rest_*`` sorted by their number and asserted to be exactly
-    ``3 ((d + 1)^2 - 1)``, reshaped channel-major to ``[N, 3, K-1]`` then transposed to ``[N, K-1, 3]``."""
-    el = PlyData.read(str(path)).elements[0]
-    xyz = np.stack([np.asarray(el[k]) for k in ("x", "y", "z")], axis=1)
-    n = xyz.shape[0]
-    dc = np.zeros((n, 3, 1))
-    for c in range(3):
-        dc[:, c, 0] = np.asarray(el[f"f_dc_{c}"])
-
-    def names(prefix: str) -> list[str]:
-        return sorted((p.name for p in el.properties if p.name.startswith(prefix)), key=lambda s: int(s.split("_")[-1]))
-
-    rest_names = names("f_rest_")
-    assert len(rest_names) == 3 * (max_sh_degree + 1) ** 2 - 3, "the 3DGS loader's assertion"
-    rest = np.stack([np.asarray(el[k]) for k in rest_names], axis=1).reshape(n, 3, (max_sh_degree + 1) ** 2 - 1)
-
-    def by_prefix(prefix: str) -> np.ndarray:
-        return np.stack([np.asarray(el[k]) for k in names(prefix)], axis=1)
-
-    return {"xyz": xyz, "opacity": np.asarray(el["opacity"])[:, None], "features_dc": dc.transpose(0, 2, 1),
-            "features_rest": rest.transpose(0, 2, 1), "scaling": by_prefix("scale_"), "rotation": by_prefix("rot")}
-
-
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_exports_what_the_original_3dgs_loader_reads(preset, tmp_path):
     degree = int(PRESETS[preset].get("rgb.sh_degree", Config().rgb.sh_degree))
     model = _model(n=12, degree=degree)
     export_splat_ply(tmp_path / "g.ply", model)
-    g = _load_ply_3dgs(tmp_path / "g.ply")  # raises on a wrong f_rest count
+    g = load_ply_3dgs(tmp_path / "g.ply")  # raises on a wrong f_rest count
     raw = model.state_arrays()
     np.testing.assert_allclose(g["xyz"], raw["means"], rtol=1e-6)
     np.testing.assert_allclose(g["features_dc"], raw["sh0"], rtol=1e-6)

@@ -46,9 +46,11 @@ def write_gaussians_ply(
     opacities: np.ndarray,  # [M] activated
     colors: np.ndarray,  # [M, 3] 0..1
 ) -> None:
-    """3DGS ``.ply`` (degree-0 SH) of Gaussians given in activated form."""
+    """3DGS ``.ply`` of Gaussians given in activated form: constant colour, written in the degree-3
+    layout with zero higher bands (45 ``f_rest_*``), which the original 3DGS loader requires."""
     m = np.asarray(means).reshape(-1, 3).shape[0]
-    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
+    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+    names += [f"f_rest_{i}" for i in range(45)] + ["opacity"]
     names += [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)]
     vertex = np.zeros(m, dtype=[(n, "f4") for n in names])
     for i, axis in enumerate("xyz"):
