@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import cv2
@@ -28,6 +28,19 @@ _INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "k1", "k2", "k3", "k4",
 
 class CaptureError(ValueError):
     """A capture folder is missing, malformed or inconsistent."""
+
+
+def _relative_inside(rel: str, key: str) -> str:
+    """A file path from ``transforms.json``: relative, inside the capture folder (no ``..``, not
+    absolute), so capture metadata can never make a reader open a file elsewhere."""
+    p = PurePosixPath(rel.replace("\\", "/"))
+    if not rel.strip() or p.is_absolute() or ".." in p.parts or "\x00" in rel:
+        raise CaptureError(f"{key} {rel[:200]!r} must be a relative path inside the capture folder (no '..')")
+    return rel
+
+
+def _optional_relative(rel: Any, key: str) -> str | None:
+    return None if rel is None or rel == "" else _relative_inside(str(rel), key)
 
 
 @dataclass
@@ -147,11 +160,29 @@ class Capture:
             raise CaptureError(f"{path}: invalid JSON ({exc})") from None
         if not isinstance(data, dict) or not isinstance(data.get("frames"), list):
             raise CaptureError(f"{path}: expected an object with a 'frames' list")
-        block = dict(data.get("ccl_lgs") or {})
-        version = int(block.get("format_version", FORMAT_VERSION))
-        if version > FORMAT_VERSION:
-            raise CaptureError(f"{path}: format_version {version} is newer than supported ({FORMAT_VERSION})")
-        shared = Intrinsics.from_json(data) if "fl_x" in data else None
+        block = data.get("ccl_lgs") or {}
+        if not isinstance(block, dict):
+            raise CaptureError(f"{path}: 'ccl_lgs' must be an object, not {type(block).__name__}")
+        version = block.get("format_version", FORMAT_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise CaptureError(f"{path}: format_version must be an integer, not {version!r}"[:300])
+        if version > FORMAT_VERSION or version < 1:
+            raise CaptureError(
+                f"{path}: format_version {version} is not supported (this build reads 1..{FORMAT_VERSION})"
+            )
+        if not isinstance(block.get("instances", []), list) or not isinstance(block.get("frame_id", "map"), str):
+            raise CaptureError(f"{path}: 'ccl_lgs.instances' must be a list and 'ccl_lgs.frame_id' text")
+        try:
+            depth_scale = float(data.get("depth_unit_scale_factor", 0.001))
+        except (TypeError, ValueError):
+            raise CaptureError(f"{path}: depth_unit_scale_factor must be a number") from None
+        points_file = data.get("ply_file_path")
+        if points_file is not None:
+            points_file = _relative_inside(str(points_file), "ply_file_path")
+        try:
+            shared = Intrinsics.from_json(data) if "fl_x" in data else None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CaptureError(f"{path}: shared intrinsics: {exc}") from None
         frames = []
         for i, fd in enumerate(data["frames"]):
             try:
@@ -164,20 +195,20 @@ class Capture:
                 known = {"file_path", "transform_matrix", "depth_file_path", "instance_file_path",
                          "mask_path", "timestamp", *_INTRINSIC_KEYS}
                 frames.append(Frame(
-                    file_path=str(fd["file_path"]), c2w=c2w, intrinsics=intr,
-                    depth_file_path=fd.get("depth_file_path"),
-                    instance_file_path=fd.get("instance_file_path"),
-                    mask_file_path=fd.get("mask_path"),
+                    file_path=_relative_inside(str(fd["file_path"]), "file_path"), c2w=c2w, intrinsics=intr,
+                    depth_file_path=_optional_relative(fd.get("depth_file_path"), "depth_file_path"),
+                    instance_file_path=_optional_relative(fd.get("instance_file_path"), "instance_file_path"),
+                    mask_file_path=_optional_relative(fd.get("mask_path"), "mask_path"),
                     timestamp=fd.get("timestamp"),
                     extra={k: v for k, v in fd.items() if k not in known},
                 ))
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise CaptureError(f"{path}: frame {i}: {exc}") from None
         top_known = {"frames", "ccl_lgs", "depth_unit_scale_factor", "ply_file_path", *_INTRINSIC_KEYS}
         return Capture(
             root=root, frames=frames, frame_id=str(block.get("frame_id", "map")),
-            depth_unit_scale_factor=float(data.get("depth_unit_scale_factor", 0.001)),
-            instances=list(block.get("instances", [])), points_file=data.get("ply_file_path"),
+            depth_unit_scale_factor=depth_scale,
+            instances=list(block.get("instances", [])), points_file=points_file,
             extra={k: v for k, v in data.items() if k not in top_known},
             ccl_extra={k: v for k, v in block.items() if k not in ("format_version", "frame_id", "instances")},
         )

@@ -26,9 +26,9 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
-from ..capture.writer import CaptureWriteError
 from ..paths import PathRefused, resolve_inside
 from .capture_part import CaptureFrontend, ThrottledLog
+from .guard import guarded_callback, guarded_service
 from .params import ConfigParameters
 from .query_part import SceneServer
 from .train_part import TrainAction
@@ -56,20 +56,31 @@ class MappingNode(Node):
                 self._check_capture_dir(ncfg.capture_dir)
                 self.capture.open(ncfg.capture_dir)
                 self.capture.enabled = bool(ncfg.capture_on_start)
-            except (CaptureWriteError, PathRefused, OSError, ValueError) as exc:
-                self._error(f"capture disabled: {exc}")
+            except Exception as exc:  # noqa: BLE001 - CaptureError, CaptureWriteError, PathRefused, OSError ...
+                self._error(f"capture disabled: capture folder {ncfg.capture_dir!r} not usable: {exc}")
         tf_buffer = self.capture.tf_buffer if self.capture is not None else _tf_buffer_for(self)
         self.server = SceneServer(self, self.cfg, tf_buffer)
         self.trainer = TrainAction(self, self.cfg, self.capture, self.server)
         control = MutuallyExclusiveCallbackGroup()
-        self.create_service(LoadScene, "~/load_scene", self._on_load_scene, callback_group=control)
-        self.create_service(SetCapture, "~/set_capture", self._on_set_capture, callback_group=control)
-        self.create_service(GetStatus, "~/get_status", self._on_get_status, callback_group=control)
+        log = self.get_logger
+        # Every handler answers whatever happens inside it (guard.py): the node never dies from a request.
+        self.create_service(
+            LoadScene, "~/load_scene", guarded_service("load_scene", log)(self._on_load_scene), callback_group=control
+        )
+        self.create_service(
+            SetCapture, "~/set_capture", guarded_service("set_capture", log)(self._on_set_capture),
+            callback_group=control,
+        )
+        self.create_service(
+            GetStatus, "~/get_status", guarded_service("get_status", log)(self._on_get_status), callback_group=control
+        )
         self.status_pub = self.create_publisher(MapperStatus, "~/status", 10)
         self.status_timer = None
         if ncfg.publish_rate > 0:
             # The only periodic work: no busy loop, so an idle node costs (almost) no CPU.
-            self.status_timer = self.create_timer(1.0 / ncfg.publish_rate, self._publish_status, callback_group=control)
+            self.status_timer = self.create_timer(
+                1.0 / ncfg.publish_rate, guarded_callback("status", log)(self._publish_status), callback_group=control
+            )
         if ncfg.initial_scene:
             try:
                 self.server.load(ncfg.initial_scene)  # the operator's own setting: not confined
@@ -144,13 +155,9 @@ class MappingNode(Node):
             resp.message = "serve-only mode: this node does not capture"
             return resp
         if req.capture_dir:
-            try:
-                folder = resolve_inside(req.capture_dir, self.cfg.node.allowed_roots, what="capture folder")
-                cap.open(folder)
-            except (PathRefused, CaptureWriteError, OSError) as exc:
-                resp.message = f"refused: {exc}"
-                resp.num_keyframes = cap.num_keyframes
-                return resp
+            resp.num_keyframes = cap.num_keyframes
+            folder = resolve_inside(req.capture_dir, self.cfg.node.allowed_roots, what="capture folder")
+            cap.open(folder)  # CaptureError / CaptureWriteError: answered by the guard, old folder kept
         if req.enable and cap.session is None:
             resp.message = "no capture folder is open; name one in capture_dir"
             return resp
