@@ -55,6 +55,56 @@ def distortion_of(intr: Intrinsics) -> Distortion:
     return Distortion("opencv", (k1, k2, p1, p2, k3))
 
 
+#: A focal length above this many times the image's larger side is refused (a 0.6 degree view).
+MAX_FOCAL_FACTOR = 100.0
+#: Share of the undistorted image whose pixels must come from inside the source image.
+MIN_DISTORTION_COVERAGE = 0.5
+
+
+def check_camera(intr: Intrinsics, distortion: Distortion | None = None) -> None:
+    """Refuse an implausible camera with the reason (``ValueError``).
+
+    Bounds (documented in README's security section): finite ``fx, fy`` in
+    ``(0, MAX_FOCAL_FACTOR * max(w, h)]``; the principal point inside the image
+    (``0 <= cx <= w``, ``0 <= cy <= h``); finite distortion coefficients whose undistortion maps
+    the image into itself: at least ``MIN_DISTORTION_COVERAGE`` of the undistorted image samples
+    the source image (a distortion such as ``D = 1e30`` maps everything outside, i.e. a black
+    frame). Checked on a 64-pixel-wide copy of the camera (distortion works in normalised
+    coordinates, so the share does not depend on the resolution).
+    """
+    w, h = int(intr.width), int(intr.height)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"invalid image size {w}x{h}")
+    vals = (intr.fx, intr.fy, intr.cx, intr.cy)
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"intrinsics are not finite: fx={intr.fx} fy={intr.fy} cx={intr.cx} cy={intr.cy}")
+    limit = MAX_FOCAL_FACTOR * max(w, h)
+    if not (0 < intr.fx <= limit and 0 < intr.fy <= limit):
+        raise ValueError(f"focal lengths fx={intr.fx:g}, fy={intr.fy:g} outside (0, {limit:g}] px for a {w}x{h} image")
+    if not (0.0 <= intr.cx <= w and 0.0 <= intr.cy <= h):
+        raise ValueError(f"principal point ({intr.cx:g}, {intr.cy:g}) lies outside the {w}x{h} image")
+    if distortion is None or distortion.is_identity:
+        return
+    if not all(math.isfinite(c) for c in distortion.coeffs):
+        raise ValueError(f"distortion coefficients are not finite: {distortion.coeffs}")
+    small_w = min(w, 64)
+    small = intr.scaled(small_w, max(int(round(h * small_w / w)), 2))
+    try:
+        with np.errstate(all="ignore"):
+            map_x, map_y = Undistorter().maps(small, distortion)
+    except cv2.error as exc:
+        raise ValueError(f"distortion {distortion.coeffs} cannot be undistorted: {exc}") from None
+    inside = np.isfinite(map_x) & np.isfinite(map_y)
+    inside &= (map_x >= 0) & (map_x <= small.width - 1) & (map_y >= 0) & (map_y <= small.height - 1)
+    share = float(inside.mean())
+    if share < MIN_DISTORTION_COVERAGE:
+        raise ValueError(
+            f"distortion {tuple(float(f'{c:.4g}') for c in distortion.coeffs)} maps {100 * (1 - share):.0f} % of the "
+            f"undistorted image outside the source image (at most {100 * (1 - MIN_DISTORTION_COVERAGE):.0f} % "
+            "allowed): not a usable calibration"
+        )
+
+
 def intrinsics_from_camera_info(
     width: int, height: int, k: Sequence[float], d: Sequence[float], distortion_model: str
 ) -> tuple[Intrinsics, Distortion]:
@@ -74,12 +124,15 @@ def intrinsics_from_camera_info(
     coeffs = tuple(float(v) for v in d)
     model = distortion_model.strip().lower()
     if not coeffs or not any(coeffs):
-        return intr, Distortion()
-    if model in ("plumb_bob", "rational_polynomial", ""):
-        return intr, Distortion("opencv", coeffs)
-    if model in ("equidistant", "fisheye"):
-        return intr, Distortion("fisheye", (coeffs + (0.0,) * 4)[:4])
-    raise ValueError(f"unsupported CameraInfo distortion_model {distortion_model!r}")
+        dist = Distortion()
+    elif model in ("plumb_bob", "rational_polynomial", ""):
+        dist = Distortion("opencv", coeffs)
+    elif model in ("equidistant", "fisheye"):
+        dist = Distortion("fisheye", (coeffs + (0.0,) * 4)[:4])
+    else:
+        raise ValueError(f"unsupported CameraInfo distortion_model {distortion_model!r}")
+    check_camera(intr, dist)
+    return intr, dist
 
 
 def colmap_camera(model: str, params: Sequence[float], width: int, height: int) -> tuple[Intrinsics, Distortion]:

@@ -9,6 +9,7 @@ C-contiguous, native byte order, row padding (``step``) removed.
 
 from __future__ import annotations
 
+import io
 import struct
 
 import cv2
@@ -162,8 +163,7 @@ def decode_compressed(format: str, data: bytes | bytearray | memoryview, max_pix
         format: the message's ``format`` field (``jpeg``, ``png``, ``rgb8; jpeg compressed bgr8``,
             or image_transport's ``16UC1; compressedDepth png`` / ``32FC1; compressedDepth``).
         data: the compressed bytes.
-        max_pixels: refuse larger images (checked after decoding; OpenCV's own decoder limit
-            protects against decompression bombs before that).
+        max_pixels: refuse larger images (checked on the header before decoding, and again after).
 
     Returns:
         Colour: RGB ``uint8 [H,W,3]`` (note: cv_bridge would give BGR; the capture wants RGB).
@@ -175,6 +175,7 @@ def decode_compressed(format: str, data: bytes | bytearray | memoryview, max_pix
     fmt = format.lower()
     if "compresseddepth" in fmt:
         return _decode_compressed_depth(fmt, raw, max_pixels)
+    check_header_pixels(raw, max_pixels)
     img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageDecodeError(f"cannot decode compressed image (format {format!r}, {len(raw)} bytes)")
@@ -188,6 +189,30 @@ def decode_compressed(format: str, data: bytes | bytearray | memoryview, max_pix
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def header_size(raw: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a compressed image's header (Pillow reads only the header), or
+    ``None`` when Pillow does not know the format."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            return int(im.size[0]), int(im.size[1])
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+
+
+def check_header_pixels(raw: bytes, max_pixels: int | None) -> None:
+    """Refuse a compressed image whose header declares more than ``max_pixels`` pixels, before
+    any pixel buffer is allocated (a small PNG can declare 8000x8000)."""
+    if max_pixels is None:
+        return
+    size = header_size(raw)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageDecodeError(
+            f"image {size[0]}x{size[1]} has more than max_pixels={max_pixels} pixels (from its header)"
+        )
+
+
 def _check_pixels(img: np.ndarray, max_pixels: int | None) -> None:
     if max_pixels is not None and img.shape[0] * img.shape[1] > max_pixels:
         raise ImageDecodeError(f"image {img.shape[1]}x{img.shape[0]} has more than max_pixels={max_pixels} pixels")
@@ -199,6 +224,7 @@ def _decode_compressed_depth(fmt: str, raw: bytes, max_pixels: int | None) -> np
     header = b""
     if not raw.startswith(_PNG_MAGIC):
         header, raw = raw[:12], raw[12:]
+    check_header_pixels(raw, max_pixels)
     img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.ndim != 2:
         raise ImageDecodeError(f"cannot decode compressedDepth image (format {fmt!r})")

@@ -153,10 +153,82 @@ class PoseBuffer:
         trans = (1.0 - a) * self._trans[i - 1] + a * self._trans[i]
         return pose_to_matrix(trans, slerp_xyzw(self._quats[i - 1], self._quats[i], a)), "interpolated"
 
+    def drop_outside(self, lo: float, hi: float) -> int:
+        """Forget samples stamped outside ``[lo, hi]`` (after a clock jump). Returns how many."""
+        keep = [i for i, t in enumerate(self._times) if lo <= t <= hi]
+        dropped = len(self._times) - len(keep)
+        if dropped:
+            self._times = [self._times[i] for i in keep]
+            self._trans = [self._trans[i] for i in keep]
+            self._quats = [self._quats[i] for i in keep]
+        return dropped
+
     def prune_before(self, t: float) -> None:
         """Forget samples older than ``t`` (keeps the one just before, for interpolation)."""
         i = max(bisect.bisect_left(self._times, float(t)) - 1, 0)
         del self._times[:i], self._trans[:i], self._quats[:i]
+
+
+class StampGate:
+    """Keeps stamps far from the image stream out, so one bad stamp never stops capture.
+
+    The image stream defines "now": the newest accepted image stamp. A pose stamped more than
+    ``max_skew`` seconds before or after it is refused on its own (it never enters the pose
+    buffer, so it cannot block the lookups of later frames). An image more than ``max_skew``
+    seconds from the newest accepted image is refused too, unless ``jump_frames`` images in a
+    row agree with each other (each within ``max_skew`` of the first of them): then the clock
+    really jumped (a robot's clock reset, a bag replayed from another start) and the new time
+    is accepted; :meth:`check_image` then says so with a reason starting ``"clock jump"``, and
+    the caller forgets the poses far from the new time (:meth:`PoseBuffer.drop_outside`).
+
+    Before the first image every finite pose is accepted; the first accepted image then lets
+    the caller drop the poses far from it (its reason starts ``"first image"``).
+    """
+
+    def __init__(self, max_skew: float, jump_frames: int = 5) -> None:
+        self.max_skew = float(max_skew)
+        self.jump_frames = max(int(jump_frames), 1)
+        self.reference: float | None = None
+        self._candidates: list[float] = []
+
+    def check_pose(self, t: float) -> tuple[bool, str]:
+        """``(accepted, reason)`` for a pose stamped ``t``."""
+        if not np.isfinite(t):
+            return False, "pose stamp is not finite"
+        ref = self.reference
+        if ref is None or abs(t - ref) <= self.max_skew:
+            return True, "ok"
+        side = "after" if t > ref else "before"
+        return False, (
+            f"pose stamp {t:.3f} is {abs(t - ref):.3f} s {side} the newest image ({ref:.3f}); more than "
+            f"node.max_stamp_skew = {self.max_skew} s"
+        )
+
+    def check_image(self, t: float) -> tuple[bool, str]:
+        """``(accepted, reason)`` for an image stamped ``t`` (accepted images move "now")."""
+        if not np.isfinite(t):
+            return False, "image stamp is not finite"
+        ref = self.reference
+        if ref is None:
+            self.reference = t
+            return True, "first image"
+        if abs(t - ref) <= self.max_skew:
+            self.reference = max(ref, t)
+            self._candidates.clear()
+            return True, "ok"
+        if self._candidates and abs(t - self._candidates[0]) > self.max_skew:
+            self._candidates.clear()
+        self._candidates.append(t)
+        if len(self._candidates) >= self.jump_frames:
+            self.reference = max(self._candidates)
+            self._candidates.clear()
+            return True, f"clock jump: {self.jump_frames} images in a row are {t - ref:+.3f} s from the old time"
+        side = "after" if t > ref else "before"
+        return False, (
+            f"image stamp {t:.3f} is {abs(t - ref):.3f} s {side} the newest image ({ref:.3f}); more than "
+            f"node.max_stamp_skew = {self.max_skew} s (a clock jump is accepted after {self.jump_frames} "
+            "such images in a row)"
+        )
 
 
 class TfBuffer:

@@ -76,7 +76,7 @@ class CaptureSession:
         self.stats.offered += 1
         try:
             # Validate before the selector: a frame that cannot be stored must not count (nor thin).
-            self.writer.check_frame(rgb, c2w_gl, intrinsics, depth_m)
+            self.writer.check_frame(rgb, c2w_gl, intrinsics, depth_m, max_position=float(self.writer.cfg.max_position))
             keep, reason = self.selector.consider(c2w_gl, rgb)
         except (ValueError, TypeError) as exc:
             keep, reason = False, f"invalid frame: {exc}"

@@ -92,8 +92,10 @@ class CaptureWriter:
         intrinsics: Intrinsics,
         depth_m: np.ndarray | None = None,
         mask: np.ndarray | None = None,
+        max_position: float = float("inf"),
     ) -> None:
-        """Raise ``ValueError`` when a frame cannot be stored as given (shapes, pose)."""
+        """Raise ``ValueError`` when a frame cannot be stored as given (shapes, pose, a camera
+        position farther than ``max_position`` metres from the origin: ``capture.max_position``)."""
         rgb = np.asarray(rgb)
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected a uint8 [H,W,3] image, got {rgb.dtype} {rgb.shape}")
@@ -103,6 +105,11 @@ class CaptureWriter:
         c2w = np.asarray(c2w_gl, dtype=np.float64)
         if not is_valid_pose(c2w):
             raise ValueError("invalid pose (NaN or non-orthonormal rotation)")
+        dist = float(np.linalg.norm(c2w[:3, 3]))
+        if not dist <= max_position:
+            raise ValueError(
+                f"camera position {dist:.3g} m from the origin is beyond capture.max_position = {max_position:g} m"
+            )
         if depth_m is not None and np.asarray(depth_m).shape != (h, w):
             raise ValueError(f"depth shape {np.asarray(depth_m).shape} does not match the image {w}x{h}")
         if mask is not None and np.asarray(mask).shape != (h, w):
@@ -126,7 +133,7 @@ class CaptureWriter:
             CaptureWriteError: an I/O failure; files of this frame are removed, the folder is
                 left as it was before the call.
         """
-        self.check_frame(rgb, c2w_gl, intrinsics, depth_m, mask)
+        self.check_frame(rgb, c2w_gl, intrinsics, depth_m, mask, max_position=float(self.cfg.max_position))
         rgb = np.asarray(rgb)
         c2w = np.asarray(c2w_gl, dtype=np.float64)
         n = self._next

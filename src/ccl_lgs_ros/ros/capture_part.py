@@ -26,7 +26,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 from ..capture.camera_model import Distortion, Undistorter
 from ..capture.format import Intrinsics
-from ..capture.pose_sync import PoseBuffer, extrinsic_from_list
+from ..capture.pose_sync import PoseBuffer, StampGate, extrinsic_from_list
 from ..capture.session import CaptureSession
 from ..capture.writer import CaptureWriteError
 from ..config import Config
@@ -101,6 +101,9 @@ class CaptureFrontend:
         # (arrival time.monotonic(), message): images waiting for a pose, CameraInfo or depth.
         self._pending: deque[tuple[float, Any]] = deque(maxlen=max(int(cfg.node.max_pending_images), 1))
         self.poses = PoseBuffer(max_gap=cfg.node.max_pose_gap)
+        # One bad stamp (a clock jump, a bag with the wrong clock) must not stop capture: poses and
+        # images far from the image stream are refused one by one (capture/pose_sync.py).
+        self.stamps = StampGate(max_skew=cfg.node.max_stamp_skew)
         self.frames_seen = 0
         ncfg = cfg.node
         self.group = MutuallyExclusiveCallbackGroup()
@@ -170,6 +173,8 @@ class CaptureFrontend:
                 sel.set_threshold_scale(sel.threshold_scale)  # re-reads the thresholds from cfg
             if name == "node.max_pose_gap":
                 self.poses.max_gap = float(self.cfg.node.max_pose_gap)
+            if name == "node.max_stamp_skew":
+                self.stamps.max_skew = float(self.cfg.node.max_stamp_skew)
 
     # ------------------------------------------------------------------ callbacks
 
@@ -204,8 +209,37 @@ class CaptureFrontend:
             self._retry_pending()
 
     def _on_depth(self, msg: Any) -> None:
-        self._depths.append((conv.stamp_to_sec(msg.header.stamp), msg))
-        self._retry_pending()
+        try:
+            self._depths.append((conv.stamp_to_sec(msg.header.stamp), msg))
+            self._retry_pending()
+        except Exception as exc:  # noqa: BLE001 - never let a message kill the node
+            self.bad.warn("depth", f"depth image could not be read: {type(exc).__name__}: {exc}")
+
+    def _implausible_position(self, T: np.ndarray) -> str:
+        """Why a camera/body pose is implausible (``capture.max_position``), or ''."""
+        dist = float(np.linalg.norm(np.asarray(T, dtype=np.float64)[:3, 3]))
+        limit = float(self.cfg.capture.max_position)
+        if not dist <= limit:
+            return f"position {dist:.3g} m from the origin is beyond capture.max_position = {limit:g} m"
+        return ""
+
+    def _check_image_stamp(self, msg: Any) -> bool:
+        """The image-stream stamp check (:class:`StampGate`); False = the image is refused."""
+        t = conv.stamp_to_sec(msg.header.stamp)
+        ok, reason = self.stamps.check_image(t)
+        if not ok:
+            self.bad.warn("image_stamp", f"image refused: {reason}")
+            return False
+        if reason != "ok":
+            skew = float(self.stamps.max_skew)
+            dropped = self.poses.drop_outside(t - skew, t + skew)
+            if reason.startswith("clock jump"):
+                self.bad.warn("clock_jump", f"{reason}; now at t={t:.3f} ({dropped} poses of the old time forgotten)")
+            elif dropped:
+                self.bad.warn(
+                    "pose_stamp", f"{dropped} poses stamped more than {skew} s from the first image forgotten"
+                )
+        return True
 
     def _on_pose(self, msg: Any) -> None:
         try:
@@ -219,6 +253,14 @@ class CaptureFrontend:
         fixed = self.cfg.node.fixed_frame
         if frame and frame.lstrip("/") != fixed.lstrip("/"):
             self.bad.warn("pose_frame", f"pose is in frame {frame!r}, not the fixed frame {fixed!r}; dropped")
+            return
+        reason = self._implausible_position(T)
+        if reason:
+            self.bad.warn("pose", f"pose refused: {reason}")
+            return
+        ok, reason = self.stamps.check_pose(t)
+        if not ok:
+            self.bad.warn("pose_stamp", f"pose refused: {reason}")
             return
         ok, reason = self.poses.add_matrix(t, T)
         if not ok:
@@ -236,6 +278,8 @@ class CaptureFrontend:
         self.frames_seen += 1
         self._retry_pending()  # older waiting frames first (and give up on stale ones)
         try:
+            if not self._check_image_stamp(msg):
+                return
             self._process(msg, compressed, time.monotonic())
         except Exception as exc:  # noqa: BLE001 - last line of defence: log, never crash
             self.bad.warn("internal", f"frame dropped after an unexpected error: {type(exc).__name__}: {exc}")
@@ -305,6 +349,8 @@ class CaptureFrontend:
         elif why.startswith(("cannot", "write")):
             self.last_error = why
             self.bad.warn("write", why)
+        elif why.startswith("invalid"):
+            self.bad.warn("frame", f"frame at t={t:.3f} refused: {why}")
 
     def _pose_at(self, t: float, image_frame: str) -> tuple[np.ndarray | None, str]:
         ncfg = self.cfg.node
@@ -328,7 +374,9 @@ class CaptureFrontend:
                 _ros_time(t),
                 timeout=Duration(seconds=float(ncfg.tf_timeout)),
             )
-            return conv.optical_to_capture_pose(conv.transform_to_matrix_msg(tf.transform)), "ok"
+            T = conv.transform_to_matrix_msg(tf.transform)
+            why = self._implausible_position(T)
+            return (None, why) if why else (conv.optical_to_capture_pose(T), "ok")
         except conv.ConversionError as exc:
             return None, f"transform {ncfg.fixed_frame} <- {image_frame}: {exc}"
         except Exception as exc:  # noqa: BLE001 - tf2 lookup, connectivity, extrapolation errors
