@@ -55,6 +55,11 @@ class CaptureConfig:
         choices=["stop", "thin"],
     )
     max_image_pixels: int = _f(4096 * 4096, "Images with more pixels than this are refused.", min=1)
+    max_position: float = _f(
+        1.0e6,
+        "Camera positions farther than this (m) from the fixed frame's origin are refused as implausible.",
+        min=0.0,
+    )
     image_format: str = _f("png", "File format of stored colour images.", choices=["png", "jpg"])
     jpeg_quality: int = _f(95, "JPEG quality when image_format is jpg.", min=1, max=100)
 
@@ -261,6 +266,12 @@ class QueryConfig:
     cluster_min_points: int = _f(10, "DBSCAN minimum points of a core Gaussian.", min=1)
     min_instance_gaussians: int = _f(20, "Instances with fewer Gaussians are dropped.", min=1)
     point_spacing: float = _f(0.01, "Spacing of the sampled surface point cloud (m).", min=0.0)
+    max_index_bytes: int = _f(
+        2 * 1024**3,
+        "A scene's query_index.npz whose arrays declare more bytes than this (uncompressed) is refused "
+        "before anything is inflated.",
+        min=1,
+    )
     max_instances: int = _f(0, "Maximum instances returned per query (0 = all).", min=0)
     max_query_chars: int = _f(256, "Longer queries are refused.", min=1)
     temperature: float = _f(10.0, "Softmax temperature of the relevance (LERF uses 10).", min=0.0)
@@ -354,6 +365,18 @@ class NodeConfig:
     min_train_keyframes: int = _f(3, "The train action refuses captures with fewer keyframes.", min=1)
     max_pending_images: int = _f(
         8, "Images kept while waiting for a newer pose (pose-topic mode); older ones are dropped.", min=0
+    )
+    max_stamp_skew: float = _f(
+        10.0,
+        "Poses stamped more than this (s) before or after the newest image are refused one by one (a clock "
+        "jump is accepted after 5 images in a row agree on the new time); images that far from the newest "
+        "image likewise.",
+        min=0.0,
+    )
+    checkpoint_dirs: list = _f(
+        [],
+        "Folders a scene's text encoder checkpoint may come from, besides the scene folder and allowed_roots "
+        "(a scene.json naming a file elsewhere is refused).",
     )
 
 

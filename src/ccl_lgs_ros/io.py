@@ -81,7 +81,54 @@ def atomic_save_npz(path: str | Path, arrays: Mapping[str, np.ndarray], compress
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Load an ``.npz`` without ever unpickling (object arrays raise)."""
+class FileTooLarge(ValueError):
+    """A file declares more data than the configured maximum; nothing was inflated."""
+
+
+def npz_declared_bytes(path: str | Path) -> int:
+    """Bytes the arrays of an ``.npz`` would take once loaded, from the headers alone.
+
+    Every zip member's ``.npy`` header (shape and dtype) is read, nothing more, so a small file
+    that inflates to gigabytes (a zip bomb, or a header declaring a huge shape) is measured
+    without allocating it. A member whose header declares more bytes than the zip entry's
+    declared uncompressed size is inconsistent and raises ``ValueError``.
+    """
+    import zipfile
+
+    total = 0
+    try:
+        with zipfile.ZipFile(str(path)) as zf:
+            for info in zf.infolist():
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=10000)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=10000)
+                nbytes = int(np.prod(shape, dtype=object)) * int(dtype.itemsize)
+                if nbytes > info.file_size:
+                    raise ValueError(
+                        f"{path}: member {info.filename!r} declares {nbytes} bytes of array data but its zip entry "
+                        f"holds {info.file_size}"
+                    )
+                total += max(nbytes, int(info.file_size))
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"{path}: not a valid .npz ({exc})") from None
+    return total
+
+
+def load_npz(path: str | Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Load an ``.npz`` without ever unpickling (object arrays raise).
+
+    With ``max_bytes``, the arrays' declared sizes are checked first (:func:`npz_declared_bytes`)
+    and a file declaring more raises :class:`FileTooLarge` before anything is inflated.
+    """
+    if max_bytes is not None:
+        declared = npz_declared_bytes(path)
+        if declared > max_bytes:
+            raise FileTooLarge(
+                f"{path}: its arrays declare {declared / 2**20:.1f} MiB, more than the allowed "
+                f"{max_bytes / 2**20:.1f} MiB"
+            )
     with np.load(str(path), allow_pickle=False) as data:
         return {key: data[key] for key in data.files}

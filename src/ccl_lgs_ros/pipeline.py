@@ -62,6 +62,14 @@ def _announce(stage: str, message: str) -> None:
     log.info("[%s] %s", stage, message)
 
 
+def _absolute_checkpoint(spec: Any) -> Any:
+    """The text-encoder spec with its checkpoint path absolute (symlinks resolved), so the
+    scene's queries work whatever folder they are run from (scene_checks.py checks it on load)."""
+    if isinstance(spec, dict) and isinstance(spec.get("checkpoint"), str) and spec["checkpoint"].strip():
+        return {**spec, "checkpoint": str(Path(spec["checkpoint"]).expanduser().resolve())}
+    return spec
+
+
 def _write_scene_json(scene_dir: Path, record: dict[str, Any]) -> None:
     atomic_write_json(scene_dir / SCENE_JSON, record)
 
@@ -126,7 +134,7 @@ def train(capture_path: str | Path, scene_dir: str | Path, cfg: Config, stages: 
         done["priors"] = {"digest": _stage_digest(cfg, "priors", cap_digest), "seconds": time.monotonic() - t0,
                           "stats": stats}
         done.pop("field", None)
-        record["text_encoder"] = stats.get("text_encoder")
+        record["text_encoder"] = _absolute_checkpoint(stats.get("text_encoder"))
         _write_scene_json(scene_dir, record)
     if last == 1:
         return record

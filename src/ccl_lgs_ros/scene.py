@@ -42,8 +42,13 @@ def _scene_record(scene_dir: Path) -> dict[str, Any]:
     except ValueError as exc:
         raise SceneError(f"{path}: invalid JSON ({exc})") from None
     from .pipeline import SCENE_FORMAT_VERSION
+    from .scene_checks import SceneRefused, check_record
 
-    version = int(record.get("format_version", -1))
+    try:
+        record = check_record(record, path)
+    except SceneRefused as exc:
+        raise SceneError(str(exc)) from None
+    version = int(record["format_version"])
     if version != SCENE_FORMAT_VERSION:
         raise SceneError(f"{path}: scene format {version}, this build reads {SCENE_FORMAT_VERSION}")
     return record
@@ -182,9 +187,18 @@ class LoadedScene:
         return self.index.means[keep], self.index.colors[keep]
 
 
-def load_scene(path: str | Path, device: str = "cpu", query_cfg: Any = None) -> LoadedScene:
-    """Load a trained scene for serving. Raises :class:`SceneError` with the reason."""
-    from .config import from_dict
+def load_scene(
+    path: str | Path, device: str = "cpu", query_cfg: Any = None, allowed_dirs: Any = None
+) -> LoadedScene:
+    """Load a trained scene for serving. Raises :class:`SceneError` with the reason.
+
+    ``allowed_dirs``: folders besides the scene folder its text-encoder checkpoint may come from
+    (the node passes ``node.allowed_roots`` + ``node.checkpoint_dirs``; ``None``, the command
+    line's own use, accepts any checkpoint file). Every scene is checked first
+    (:mod:`.scene_checks`): no downloads, no random encoder weights, at least one Gaussian,
+    finite parameters, and an index no larger than ``query.max_index_bytes``.
+    """
+    from .config import QueryConfig, from_dict
     from .priors.stage import build_text_encoder
     from .query.engine import QueryEngine
     from .query.index import SemanticIndex
@@ -195,16 +209,28 @@ def load_scene(path: str | Path, device: str = "cpu", query_cfg: Any = None) -> 
     record = _scene_record(scene_dir)
     if not (scene_dir / QUERY_INDEX).is_file():
         raise SceneError(f"{scene_dir}: no {QUERY_INDEX} (training did not finish?)")
-    spec = record.get("text_encoder")
-    if not spec:
-        raise SceneError(f"{scene_dir}: scene.json names no text encoder")
+    from .scene_checks import SceneRefused, check_index, check_text_encoder_spec
+
     try:
-        index = SemanticIndex.load(scene_dir / QUERY_INDEX)
+        spec = check_text_encoder_spec(record.get("text_encoder"), scene_dir, allowed_dirs)
+    except SceneRefused as exc:
+        raise SceneError(str(exc)) from None
+    # The size limit is the caller's (or the default), never the scene's own config.
+    max_bytes = int(getattr(query_cfg, "max_index_bytes", QueryConfig().max_index_bytes))
+    try:
+        index = SemanticIndex.load(scene_dir / QUERY_INDEX, max_bytes=max_bytes)
+        check_index(index, scene_dir / QUERY_INDEX)
     except (ValueError, KeyError, OSError) as exc:
         raise SceneError(f"{scene_dir / QUERY_INDEX}: {exc}") from None
     if query_cfg is None:
-        query_cfg = from_dict(record["config"]).query
-    encoder = build_text_encoder(spec, device=device)
+        try:
+            query_cfg = from_dict(record.get("config") or {}).query
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise SceneError(f"{scene_dir}: invalid config in scene.json ({exc})") from None
+    try:
+        encoder = build_text_encoder(spec, device=device)
+    except Exception as exc:  # noqa: BLE001 - PriorsError, RuntimeError, OSError from a checkpoint
+        raise SceneError(f"{scene_dir}: text encoder not loaded: {type(exc).__name__}: {exc}") from None
     engine = QueryEngine(index, encoder, query_cfg)
     return LoadedScene(path=scene_dir, record=record, index=index, engine=engine)
 

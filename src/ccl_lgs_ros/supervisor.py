@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -117,6 +118,44 @@ def train_command(
         items.append(f"field.method={method}")
     argv += [f"--set={item}" for item in items]
     return argv
+
+
+_EXCEPTION_LINE = re.compile(
+    r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Refused|Warning)|MemoryError|KeyboardInterrupt)(:\s|$)"
+)
+_LOG_ERROR = re.compile(r"\b(ERROR|CRITICAL|FATAL)\b")
+_ARGPARSE_ERROR = re.compile(r"^[\w. -]{1,60}: (\w+ )?error: ")
+
+
+def error_line(lines: Sequence[str]) -> str | None:
+    """The last line of ``lines`` that states an error (see :meth:`TrainerProcess.failure_reason`),
+    or ``None``. Progress JSON, INFO / WARNING / DEBUG records and blank lines are never chosen."""
+    for raw in reversed(list(lines)):
+        line = raw.strip()
+        if not line or line.startswith("{"):
+            continue
+        if _EXCEPTION_LINE.match(line) and not line.split(":", 1)[0].endswith("Warning"):
+            return line
+        if _ARGPARSE_ERROR.match(line) or _LOG_ERROR.search(line.split(":", 1)[0] if ":" in line else line):
+            return line
+    return None
+
+
+_LOG_RECORD = re.compile(r"^(DEBUG|INFO|WARNING|WARN)\b")
+
+
+def plain_stderr_line(lines: Sequence[str]) -> str | None:
+    """The last stderr line that is not a log record below ERROR, progress output or part of a
+    traceback's stack (what ``SystemExit("reason")`` or a plain ``print(..., file=sys.stderr)``
+    before exiting leaves), or ``None``."""
+    for raw in reversed(list(lines)):
+        line = raw.strip()
+        if not line or line.startswith(("{", "File ", "Traceback", "^", "~")) or _LOG_RECORD.match(line):
+            continue
+        if "%|" in line or "it/s]" in line or raw.startswith("    "):  # tqdm bars, traceback source lines
+            continue
+        return line
+    return None
 
 
 class TrainerProcess:
@@ -252,10 +291,24 @@ class TrainerProcess:
         return TrainOutcome(False, rc, self.failure_reason(rc), duration)
 
     def failure_reason(self, rc: int | None) -> str:
-        how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with code {rc}"
-        lines = [ln.strip() for ln in self._stderr_tail if ln.strip()] or [ln.strip() for ln in self._stdout_tail]
-        # The last non-empty line of a traceback / argparse error names the problem.
-        detail = lines[-1] if lines else "no error output"
+        """Why the trainer failed: how it ended plus its error, never a stray log line.
+
+        The error is the last line of the output that reads as one (:func:`error_line`): a
+        traceback's final ``SomeError: ...`` line, an argparse ``error:`` line or a log record at
+        ERROR / CRITICAL level; failing that, the last plain stderr line that is no log record
+        below ERROR (:func:`plain_stderr_line`). Without either, the reason names how it ended
+        only (a signal, an exit code)."""
+        if rc is not None and rc < 0:
+            try:
+                name = signal.Signals(-rc).name
+            except ValueError:
+                name = f"signal {-rc}"
+            how = f"killed by signal {-rc} ({name})"
+        else:
+            how = f"exited with code {rc}"
+        detail = error_line([*self._stdout_tail, *self._stderr_tail]) or plain_stderr_line(self._stderr_tail)
+        if detail is None:
+            return f"trainer {how}" + ("" if rc is not None and rc < 0 else " without an error message")
         return f"trainer {how}: {detail[:500]}"
 
     def output_tail(self) -> str:
@@ -268,6 +321,7 @@ __all__ = [
     "TrainProgress",
     "TrainerProcess",
     "overall_fraction",
+    "error_line",
     "train_command",
     "validate_overrides",
 ]

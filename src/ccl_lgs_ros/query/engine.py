@@ -67,6 +67,11 @@ __all__ = [
 ]
 
 
+
+#: Accepted surface-cloud spacings (m): below 0.1 mm a cloud would have billions of points (and
+#: float32 sums lose precision), above 10 m it is empty.
+POINT_SPACING_BOUNDS = (1e-4, 10.0)
+
 class QueryError(ValueError):
     """The query (text or options) is invalid; the message says why."""
 
@@ -610,6 +615,8 @@ class QueryEngine:
         text = validate_text(text, cfg.max_query_chars)
         thr = self._check_number("threshold", cfg.threshold if threshold is None else threshold, upper=1.0)
         spacing = self._check_number("point_spacing", cfg.point_spacing if point_spacing is None else point_spacing)
+        if spacing > 0 and not POINT_SPACING_BOUNDS[0] <= spacing <= POINT_SPACING_BOUNDS[1]:
+            raise QueryError(f"point_spacing {spacing:g} m is outside {list(POINT_SPACING_BOUNDS)} m (0 = no cloud)")
         k = cfg.max_instances if max_instances is None else max_instances
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
             raise QueryError(f"max_instances must be a non-negative integer, got {k!r}")

@@ -222,8 +222,10 @@ class SemanticIndex:
         atomic_save_npz(path, arrays)
 
     @classmethod
-    def load(cls, path: str | Path) -> SemanticIndex:
-        data = load_npz(path)
+    def load(cls, path: str | Path, max_bytes: int | None = None) -> SemanticIndex:
+        """Read an index file; with ``max_bytes`` a file declaring more is refused before it is
+        inflated (``query.max_index_bytes``)."""
+        data = load_npz(path, max_bytes=max_bytes)
         version = int(data["format_version"])
         if version != INDEX_FORMAT_VERSION:
             raise ValueError(f"{path}: index format {version}, this build reads {INDEX_FORMAT_VERSION}")

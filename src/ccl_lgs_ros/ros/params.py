@@ -32,6 +32,13 @@ READ_ONLY = {
     "node.serve_only",
     "node.sensor_qos",
     "node.fixed_frame",
+    # Where the node may read and write: only the operator's params file sets these, never a
+    # caller's set_parameters (which would widen the allowed roots for itself).
+    "node.allowed_roots",
+    "node.checkpoint_dirs",
+    "node.capture_dir",
+    "node.scene_dir",
+    "node.initial_scene",
 }
 
 _INT_MAX = 2**63 - 1

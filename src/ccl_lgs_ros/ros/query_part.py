@@ -108,7 +108,11 @@ class SceneServer:
         from ..scene import load_scene
 
         with self._load_lock:  # two loads at once would only waste memory
-            loaded = load_scene(Path(path), device=self.cfg.device, query_cfg=self.cfg.query)
+            # A scene's text-encoder checkpoint may come only from the scene folder, the allowed
+            # roots and the configured checkpoint folders (scene_checks.py).
+            ncfg = self.cfg.node
+            allowed = [*ncfg.allowed_roots, *ncfg.checkpoint_dirs]
+            loaded = load_scene(Path(path), device=self.cfg.device, query_cfg=self.cfg.query, allowed_dirs=allowed)
             self.scene = loaded  # the atomic swap: one reference assignment
         self.publish_scene_cloud()
         self.node.get_logger().info(f"serving scene {loaded.path} ({loaded.num_gaussians} Gaussians)")

@@ -24,6 +24,7 @@ from ..config import Config, ConfigError
 from ..paths import PathRefused, resolve_inside
 from ..supervisor import TrainerProcess, TrainProgress, train_command
 from .capture_part import CaptureFrontend
+from .guard import reason_of
 from .query_part import SceneServer
 
 #: Config keys whose value is a file or folder the trainer reads (confined to node.allowed_roots
@@ -86,6 +87,13 @@ class TrainAction:
             return self._result(False, "a training run is already in progress; cancel it or wait")
         try:
             return self._run(goal_handle)
+        except Exception as exc:  # noqa: BLE001 - a goal must end with a reason, never kill the node
+            self.stage = "failed"
+            try:
+                self._finish(goal_handle, "abort")
+            except Exception:  # noqa: BLE001 - shutting down: the goal is gone anyway
+                pass
+            return self._result(False, f"internal error: {type(exc).__name__}: {reason_of(exc)}")
         finally:
             self.training = False
             self.trainer = None
@@ -107,21 +115,21 @@ class TrainAction:
         snapshot_dir = scene_root / ".captures" / run
         scene_dir = scene_root / run
         try:
+            # Paths in overrides are resolved inside the allowed roots and passed on absolute,
+            # so the trainer opens exactly the file that was checked (never one relative to its
+            # working directory).
+            overrides = self._confine_override_paths(goal.overrides)
             argv = train_command(
                 snapshot_dir,
                 scene_dir,
                 preset=goal.preset or ncfg.train_preset,
                 device=goal.device or ncfg.device,
                 method=goal.method or None,
-                overrides=list(goal.overrides),
+                overrides=overrides,
             )
-        except ConfigError as exc:
+        except (ConfigError, PathRefused) as exc:
             self._finish(goal_handle, "abort")
             return self._result(False, f"invalid goal: {exc}")
-        reason = self._check_override_paths(goal.overrides)
-        if reason:
-            self._finish(goal_handle, "abort")
-            return self._result(False, f"invalid goal: {reason}")
         try:
             self.capture.snapshot(snapshot_dir)
         except Exception as exc:  # noqa: BLE001 - CaptureWriteError, OSError
@@ -176,18 +184,20 @@ class TrainAction:
                 raise
             self.node.get_logger().debug(f"goal not updated during shutdown: {exc}")
 
-    def _check_override_paths(self, overrides: Any) -> str:
-        """Overrides that make the trainer read a file must name one inside the allowed roots."""
+    def _confine_override_paths(self, overrides: Any) -> list[str]:
+        """Overrides that make the trainer read a file must name one inside the allowed roots;
+        returns the overrides with those paths replaced by their resolved absolute form (a
+        relative path is relative to the first allowed root, as :func:`resolve_inside` checks it).
+        Raises :class:`PathRefused`."""
+        out = []
         for item in overrides:
-            key, _, value = str(item).partition("=")
+            key, sep, value = str(item).partition("=")
             key = key.strip()
-            if not value.strip() or not (key in PATH_KEYS or key.endswith(("_checkpoint", "_dir", "_path"))):
-                continue
-            try:
-                resolve_inside(value.strip(), self.cfg.node.allowed_roots, must_exist=True, what=key)
-            except PathRefused as exc:
-                return str(exc)
-        return ""
+            if sep and value.strip() and (key in PATH_KEYS or key.endswith(("_checkpoint", "_dir", "_path", "_file"))):
+                resolved = resolve_inside(value.strip(), self.cfg.node.allowed_roots, must_exist=True, what=key)
+                item = f"{key}={resolved}"
+            out.append(str(item))
+        return out
 
     def _publish_feedback(self, goal_handle: Any, items: queue.Queue) -> None:
         last = None
