@@ -57,7 +57,7 @@ class CaptureConfig:
     max_image_pixels: int = _f(4096 * 4096, "Images with more pixels than this are refused.", min=1)
     max_position: float = _f(
         1.0e6,
-        "Camera positions farther than this (m) from the fixed frame's origin are refused as implausible.",
+        "Poses with a coordinate larger than this (m, absolute, in the fixed frame) are refused as implausible.",
         min=0.0,
     )
     image_format: str = _f("png", "File format of stored colour images.", choices=["png", "jpg"])

@@ -83,10 +83,12 @@ def check_camera(intr: Intrinsics, distortion: Distortion | None = None) -> None
         raise ValueError(f"focal lengths fx={intr.fx:g}, fy={intr.fy:g} outside (0, {limit:g}] px for a {w}x{h} image")
     if not (0.0 <= intr.cx <= w and 0.0 <= intr.cy <= h):
         raise ValueError(f"principal point ({intr.cx:g}, {intr.cy:g}) lies outside the {w}x{h} image")
-    if distortion is None or distortion.is_identity:
+    if distortion is None:
         return
     if not all(math.isfinite(c) for c in distortion.coeffs):
         raise ValueError(f"distortion coefficients are not finite: {distortion.coeffs}")
+    if distortion.is_identity:
+        return
     small_w = min(w, 64)
     small = intr.scaled(small_w, max(int(round(h * small_w / w)), 2))
     try:

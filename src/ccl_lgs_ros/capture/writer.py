@@ -95,7 +95,7 @@ class CaptureWriter:
         max_position: float = float("inf"),
     ) -> None:
         """Raise ``ValueError`` when a frame cannot be stored as given (shapes, pose, a camera
-        position farther than ``max_position`` metres from the origin: ``capture.max_position``)."""
+        position coordinate beyond ``max_position`` metres: ``capture.max_position``)."""
         rgb = np.asarray(rgb)
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected a uint8 [H,W,3] image, got {rgb.dtype} {rgb.shape}")
@@ -105,10 +105,10 @@ class CaptureWriter:
         c2w = np.asarray(c2w_gl, dtype=np.float64)
         if not is_valid_pose(c2w):
             raise ValueError("invalid pose (NaN or non-orthonormal rotation)")
-        dist = float(np.linalg.norm(c2w[:3, 3]))
+        dist = float(np.abs(c2w[:3, 3]).max())
         if not dist <= max_position:
             raise ValueError(
-                f"camera position {dist:.3g} m from the origin is beyond capture.max_position = {max_position:g} m"
+                f"camera position coordinate {dist:.3g} m is beyond capture.max_position = {max_position:g} m"
             )
         if depth_m is not None and np.asarray(depth_m).shape != (h, w):
             raise ValueError(f"depth shape {np.asarray(depth_m).shape} does not match the image {w}x{h}")

@@ -217,10 +217,10 @@ class CaptureFrontend:
 
     def _implausible_position(self, T: np.ndarray) -> str:
         """Why a camera/body pose is implausible (``capture.max_position``), or ''."""
-        dist = float(np.linalg.norm(np.asarray(T, dtype=np.float64)[:3, 3]))
+        dist = float(np.abs(np.asarray(T, dtype=np.float64)[:3, 3]).max())
         limit = float(self.cfg.capture.max_position)
         if not dist <= limit:
-            return f"position {dist:.3g} m from the origin is beyond capture.max_position = {limit:g} m"
+            return f"position coordinate {dist:.3g} m is beyond capture.max_position = {limit:g} m"
         return ""
 
     def _check_image_stamp(self, msg: Any) -> bool:
