@@ -80,6 +80,7 @@ def train(capture_path: str | Path, scene_dir: str | Path, cfg: Config, stages: 
     from .splat.trainer import train_rgb
 
     capture = Capture.load(capture_path)
+    capture.max_image_pixels = max(capture.max_image_pixels, int(cfg.capture.max_image_pixels))
     if not capture.frames:
         raise ValueError(f"{capture_path}: the capture has no frames")
     scene_dir = Path(scene_dir).expanduser()

@@ -420,3 +420,28 @@ def test_npz_bomb_is_refused_from_its_headers_and_repeated_failed_loads_keep_mem
     grown_mb = (_rss_kb() - before) / 1024
     assert grown_mb < 40, f"eight rounds of failed loads left {grown_mb:.0f} MB more resident"
     shutil.rmtree(d)
+
+
+def test_images_declaring_huge_sizes_are_refused_from_their_headers(tmp_path):
+    """A PNG declaring 8000x8000 (a few kB on disk) is refused before it is decoded, both as a
+    ROS CompressedImage payload and as a capture file."""
+    import cv2
+
+    from ccl_lgs_ros.capture import image_codec
+
+    big = np.zeros((8000, 8000), np.uint8)
+    ok, png = cv2.imencode(".png", big, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    assert ok and len(png) < 200_000
+    raw = png.tobytes()
+    assert image_codec.header_size(raw) == (8000, 8000)
+    with pytest.raises(image_codec.ImageDecodeError, match="from its header"):
+        image_codec.decode_compressed("png", raw, max_pixels=4096 * 4096)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "0.png").write_bytes(raw)
+    frame = {"file_path": "images/0.png", "transform_matrix": np.eye(4).tolist(),
+             "fl_x": 10, "fl_y": 10, "cx": 5, "cy": 5, "w": 8000, "h": 8000}
+    (tmp_path / "transforms.json").write_text(json.dumps({"frames": [frame]}))
+    cap = Capture.load(tmp_path)
+    cap.max_image_pixels = 4096 * 4096
+    with pytest.raises(CaptureError, match="more than 16777216 pixels"):
+        cap.load_image(0)

@@ -22,6 +22,9 @@ import numpy as np
 from ..io import atomic_write_bytes, atomic_write_json, read_json
 
 FORMAT_VERSION = 1
+#: Default for :attr:`Capture.max_image_pixels` (8192 x 8192); the pipeline sets it from
+#: ``capture.max_image_pixels`` when that is larger.
+MAX_FILE_IMAGE_PIXELS = 8192 * 8192
 TRANSFORMS = "transforms.json"
 _INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "k1", "k2", "k3", "k4", "p1", "p2", "camera_model")
 
@@ -146,6 +149,8 @@ class Capture:
     points_file: str | None = None  # optional initial point cloud (.ply), relative path
     extra: dict[str, Any] = field(default_factory=dict)  # unknown top-level keys, preserved
     ccl_extra: dict[str, Any] = field(default_factory=dict)
+    #: Image files declaring more pixels than this (in their header) are refused before decoding.
+    max_image_pixels: int = MAX_FILE_IMAGE_PIXELS
 
     # ---------------------------------------------------------------- reading
     @staticmethod
@@ -227,9 +232,23 @@ class Capture:
         """RGB ``uint8 [H,W,3]`` of frame ``i`` (alpha dropped; see :meth:`load_rgba`)."""
         return self.load_rgba(i)[..., :3]
 
+    def _check_pixels(self, path: Path) -> None:
+        """Refuse an image file whose header declares more than :attr:`max_image_pixels` pixels,
+        before OpenCV allocates it (Pillow reads the header only)."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            return  # unreadable here: OpenCV reports it
+        if int(w) * int(h) > self.max_image_pixels:
+            raise CaptureError(f"{path}: {w}x{h} image has more than {self.max_image_pixels} pixels; refused")
+
     def load_rgba(self, i: int) -> np.ndarray:
         """RGB or RGBA ``uint8 [H,W,3|4]``."""
         path = self.image_path(i)
+        self._check_pixels(path)
         img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if img is None:
             raise CaptureError(f"cannot read image {path}")
@@ -246,6 +265,7 @@ class Capture:
         rel = self.frames[i].depth_file_path
         if not rel:
             return None
+        self._check_pixels(self.root / rel)
         raw = cv2.imread(str(self.root / rel), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise CaptureError(f"cannot read depth {self.root / rel}")
@@ -256,6 +276,7 @@ class Capture:
         rel = self.frames[i].instance_file_path
         if not rel:
             return None
+        self._check_pixels(self.root / rel)
         raw = cv2.imread(str(self.root / rel), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise CaptureError(f"cannot read instance map {self.root / rel}")
