@@ -126,12 +126,14 @@ class ConfigParameters:
         self.on_change = on_change
         self._declaring = True
         self.names = frozenset(name for name, *_ in iter_fields(self.cfg))
+        # A params file's empty list (``checkpoint_dirs: []``) reaches rclpy as no value.
+        self._lists = frozenset(name for name, _, value, _ in iter_fields(self.cfg) if isinstance(value, list))
         node.add_on_set_parameters_callback(self._on_set)
         declared = node.declare_parameters("", descriptors(self.cfg))
         self._declaring = False
         # Overrides from a params file were validated in _on_set; apply them all now.
         for p in declared:
-            set_value(self.cfg, p.name, _plain(p.value))
+            set_value(self.cfg, p.name, self._value(p))
 
     def _on_set(self, params: Iterable[Parameter]) -> SetParametersResult:
         candidate = copy.deepcopy(self.cfg)
@@ -139,7 +141,7 @@ class ConfigParameters:
         for p in params:
             if p.name not in known:
                 continue  # use_sim_time and other ROS parameters
-            value = _plain(p.value)
+            value = self._value(p)
             try:
                 set_value(candidate, p.name, value)
             except ConfigError as exc:
@@ -150,10 +152,14 @@ class ConfigParameters:
         if not self._declaring:
             for p in params:
                 if p.name in known:
-                    set_value(self.cfg, p.name, _plain(p.value))
+                    set_value(self.cfg, p.name, self._value(p))
                     if self.on_change is not None:
-                        self.on_change(p.name, _plain(p.value))
+                        self.on_change(p.name, self._value(p))
         return SetParametersResult(successful=True)
+
+    def _value(self, p: Parameter) -> Any:
+        value = _plain(p.value)
+        return [] if value is None and p.name in self._lists else value
 
 
 def _plain(value: Any) -> Any:
