@@ -230,7 +230,10 @@ def load_scene(
     try:
         encoder = build_text_encoder(spec, device=device)
     except Exception as exc:  # noqa: BLE001 - PriorsError, RuntimeError, OSError from a checkpoint
-        raise SceneError(f"{scene_dir}: text encoder not loaded: {type(exc).__name__}: {exc}") from None
+        why = f"{type(exc).__name__}: {exc}"
+        if "Weights only load failed" in why:  # torch's hint to unpickle the file is no option here
+            why = f"{spec.get('checkpoint')} is not a plain weights file (it would need unpickling, which is refused)"
+        raise SceneError(f"{scene_dir}: text encoder not loaded: {why[:1000]}") from None
     engine = QueryEngine(index, encoder, query_cfg)
     return LoadedScene(path=scene_dir, record=record, index=index, engine=engine)
 

@@ -445,3 +445,26 @@ def test_images_declaring_huge_sizes_are_refused_from_their_headers(tmp_path):
     cap.max_image_pixels = 4096 * 4096
     with pytest.raises(CaptureError, match="more than 16777216 pixels"):
         cap.load_image(0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="RSS is read from Linux /proc")
+def test_a_corrupt_text_encoder_checkpoint_is_refused_and_its_failed_loads_release_memory(tmp_path):
+    """A checkpoint inside the allowed folders that is not a weights file: the (real, reduced)
+    OpenCLIP model is built, its load fails, the scene is refused with the reason, and the
+    repeated failures do not pile up memory (the issue saw +1 GB per failed load)."""
+    import os
+
+    from ccl_lgs_ros.scene import SceneError, load_scene
+
+    spec = {"kind": "open_clip", "model": "ViT-S-32", "pretrained": "", "checkpoint": "bad.bin"}
+    d = _scene(tmp_path / "s", encoder_spec=spec)
+    (d / "bad.bin").write_bytes(os.urandom(1 << 20))
+    with pytest.raises(SceneError, match="not a plain weights file"):
+        load_scene(d, allowed_dirs=[tmp_path])
+    before = _rss_kb()
+    for _ in range(4):
+        with pytest.raises(SceneError, match="not a plain weights file"):
+            load_scene(d, allowed_dirs=[tmp_path])
+    grown_mb = (_rss_kb() - before) / 1024
+    assert grown_mb < 150, f"four failed loads left {grown_mb:.0f} MB more resident"
