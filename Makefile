@@ -19,6 +19,7 @@ demo: setup
 
 lint: setup
 	$(PY) -m ruff check src test bench scripts launch
+	PYTHONPATH=src $(VENV)/bin/lint-imports --no-cache
 	$(PY) -m mypy src/ccl_lgs_ros
 
 test: setup

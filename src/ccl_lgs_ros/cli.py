@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .pipeline import evaluate
+    from .eval.run import evaluate
 
     result = evaluate(args.scene, protocol=args.protocol, capture=args.capture, labels=args.labels,
                       out_dir=args.out, device=args.device or "cpu")

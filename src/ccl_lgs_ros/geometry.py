@@ -129,3 +129,11 @@ def similarity(scale: float, center: np.ndarray) -> np.ndarray:
 def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
     points = np.asarray(points)
     return points @ T[:3, :3].T + T[:3, 3]
+
+
+def box_corners(center: np.ndarray, rotation: np.ndarray, extent: np.ndarray) -> np.ndarray:
+    """``[8, 3]`` corners of an oriented box (full side lengths ``extent`` along ``rotation``'s columns),
+    ordered by the signs ``(-,-,-), (-,-,+), ..., (+,+,+)`` of the local x, y, z."""
+    signs = np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], dtype=np.float64)
+    return np.asarray(center, dtype=np.float64) + (signs * np.asarray(extent, dtype=np.float64) / 2.0) @ np.asarray(
+        rotation, dtype=np.float64).T

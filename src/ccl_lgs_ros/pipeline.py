@@ -15,13 +15,15 @@ from typing import Any
 
 from .capture.format import Capture
 from .config import Config, digest, to_dict
-from .io import atomic_write_json, read_json
+from .priors.stage import compute_priors, default_levels
 from .progress import json_mode
+from .scene.build import build_query_index
+from .scene.layout import SCENE_FORMAT_VERSION, SceneDir
+from .semantics import train_field
+from .splat.trainer import train_rgb
 
 log = logging.getLogger(__name__)
 
-SCENE_FORMAT_VERSION = 1
-SCENE_JSON = "scene.json"
 STAGES = ("rgb", "priors", "field")
 
 
@@ -70,30 +72,20 @@ def _absolute_checkpoint(spec: Any) -> Any:
     return spec
 
 
-def _write_scene_json(scene_dir: Path, record: dict[str, Any]) -> None:
-    atomic_write_json(scene_dir / SCENE_JSON, record)
-
-
 def train(capture_path: str | Path, scene_dir: str | Path, cfg: Config, stages: str = "all",
           fresh: bool = False) -> dict[str, Any]:
     """Run the pipeline (up to ``stages``) and return the scene record."""
-    from .splat.trainer import train_rgb
-
     capture = Capture.load(capture_path)
     capture.max_image_pixels = max(capture.max_image_pixels, int(cfg.capture.max_image_pixels))
     if not capture.frames:
         raise ValueError(f"{capture_path}: the capture has no frames")
-    scene_dir = Path(scene_dir).expanduser()
+    scene = SceneDir(scene_dir)
+    scene_dir = scene.root
     scene_dir.mkdir(parents=True, exist_ok=True)
     device = cfg.device
     cap_digest = capture_digest(capture)
 
-    record: dict[str, Any] = {}
-    if (scene_dir / SCENE_JSON).is_file() and not fresh:
-        try:
-            record = read_json(scene_dir / SCENE_JSON)
-        except ValueError:
-            record = {}
+    record: dict[str, Any] = {} if fresh else scene.read_record_or_empty()
     record.update({
         "format_version": SCENE_FORMAT_VERSION,
         "frame_id": capture.frame_id,
@@ -113,94 +105,40 @@ def train(capture_path: str | Path, scene_dir: str | Path, cfg: Config, stages: 
     if not finished("rgb"):
         _announce("rgb", "training the RGB Gaussian reconstruction")
         t0 = time.monotonic()
-        metrics = train_rgb(capture, cfg, scene_dir / "rgb", device=device, progress=True, resume=not fresh)
+        metrics = train_rgb(capture, cfg, scene.rgb_dir, device=device, progress=True, resume=not fresh)
         done["rgb"] = {"digest": _stage_digest(cfg, "rgb", cap_digest), "seconds": time.monotonic() - t0,
                        "metrics": metrics}
         done.pop("field", None)  # the field lives on these Gaussians
-        _write_scene_json(scene_dir, record)
-    rgb_meta = read_json(scene_dir / "rgb" / "rgb.json")
-    record["world_from_scene"] = _world_from_scene(rgb_meta)
+        scene.write_record(record)
+    record["world_from_scene"] = scene.world_from_scene().tolist()
     if last == 0:
-        _write_scene_json(scene_dir, record)
+        scene.write_record(record)
         return record
 
     # -- 2. 2D priors -----------------------------------------------------------------------
-    from .priors.stage import compute_priors, default_levels
-
     levels = default_levels(cfg)
     if not finished("priors"):
         _announce("priors", f"2D priors ({cfg.priors.backend}) for levels {list(levels)}")
         t0 = time.monotonic()
-        stats = compute_priors(capture, cfg, scene_dir / "priors", device=device, levels=levels)
+        stats = compute_priors(capture, cfg, scene.priors_dir, device=device, levels=levels)
         done["priors"] = {"digest": _stage_digest(cfg, "priors", cap_digest), "seconds": time.monotonic() - t0,
                           "stats": stats}
         done.pop("field", None)
         record["text_encoder"] = _absolute_checkpoint(stats.get("text_encoder"))
-        _write_scene_json(scene_dir, record)
+        scene.write_record(record)
     if last == 1:
         return record
 
     # -- 3. codebook + semantic field + query index ------------------------------------------
-    from .semantics import train_field
-
-    if not finished("field") or not (scene_dir / "query_index.npz").is_file():
+    if not finished("field") or not scene.query_index.is_file():
         _announce("field", f"codebook and semantic field ({cfg.field.method})")
         t0 = time.monotonic()
         metrics = train_field(scene_dir, capture, cfg, device=device, progress=True)
         _announce("index", "building the 3D query index")
-        from .scene import build_query_index
-
         index_stats = build_query_index(scene_dir, capture.frame_id, capture=capture, cfg=cfg, device=device)
         done["field"] = {"digest": _stage_digest(cfg, "field", cap_digest), "seconds": time.monotonic() - t0,
                          "metrics": metrics, "index": index_stats}
     record["seconds_total_last_run"] = time.monotonic() - t_all
-    _write_scene_json(scene_dir, record)
+    scene.write_record(record)
     _announce("done", f"scene ready at {scene_dir}")
     return record
-
-
-def _world_from_scene(rgb_meta: dict[str, Any]) -> list[list[float]]:
-    import numpy as np
-
-    if "world_from_scene" in rgb_meta:
-        return np.asarray(rgb_meta["world_from_scene"], dtype=np.float64).tolist()
-    return np.linalg.inv(np.asarray(rgb_meta["scene_from_world"], dtype=np.float64)).tolist()
-
-
-def evaluate(scene_dir: str | Path, protocol: str = "rgb", capture: str | Path | None = None,
-             labels: str | Path | None = None, out_dir: str | Path | None = None,
-             device: str = "cpu") -> dict[str, Any]:
-    """``ccl-lgs eval``: RGB quality, or the semantic protocols."""
-    scene_dir = Path(scene_dir).expanduser()
-    record = read_json(scene_dir / SCENE_JSON)
-    capture_path = Path(capture) if capture else Path(record["capture"])
-    cap = Capture.load(capture_path)
-    from .config import from_dict
-
-    cfg = from_dict(record["config"])
-    if protocol == "rgb":
-        from .splat.evaluate import evaluate_rgb
-
-        return evaluate_rgb(cap, scene_dir / "rgb", cfg, device=device, out_dir=out_dir)
-    if protocol == "synthetic":
-        from .eval.synthetic import evaluate_synthetic
-
-        return evaluate_synthetic(scene_dir, cap, cfg, device=device, out_dir=out_dir)
-    if protocol == "lerf-ovs":
-        from .eval.lerf_ovs import evaluate_lerf_ovs
-
-        if labels is None:
-            raise ValueError("--labels is required for the lerf-ovs protocol")
-        return evaluate_lerf_ovs(scene_dir, cap, Path(labels), cfg, device=device, out_dir=out_dir)
-    if protocol == "3d-ovs":
-        from .eval.ovs3d import evaluate_3d_ovs
-
-        if labels is None:
-            raise ValueError("--labels is required for the 3d-ovs protocol")
-        return evaluate_3d_ovs(scene_dir, cap, Path(labels), cfg, device=device, out_dir=out_dir)
-    if protocol == "3d":
-        from .eval.protocol3d import evaluate_3d
-
-        return evaluate_3d(scene_dir, cap, cfg, labels=Path(labels) if labels else None, device=device,
-                           out_dir=out_dir)  # fmt: skip
-    raise ValueError(f"unknown protocol {protocol!r}")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry import quat_xyzw_to_matrix
+from .geometry import box_corners, quat_xyzw_to_matrix
 from .io import atomic_write_bytes
 
 #: RViz's default background (``Global Options / Background Color: 48; 48; 48``).
@@ -53,12 +53,8 @@ class BoxMarker:
     color: tuple[float, float, float, float]  # rgba, 0..1
 
     def corners(self) -> np.ndarray:
-        """``[8, 3]``, ordered like :meth:`ccl_lgs_ros.query.shapes.Box.corners`."""
-        from .query.shapes import Box
-
-        R = quat_xyzw_to_matrix(np.asarray(self.quat_xyzw, dtype=np.float64))
-        size = np.asarray(self.size, dtype=np.float64)
-        return Box(np.asarray(self.center, dtype=np.float64), R, size, np.zeros(3)).corners()
+        """``[8, 3]``, ordered like :meth:`ccl_lgs_ros.query.shapes.Box.corners` (:func:`~.geometry.box_corners`)."""
+        return box_corners(self.center, quat_xyzw_to_matrix(np.asarray(self.quat_xyzw, dtype=np.float64)), self.size)
 
 
 @dataclasses.dataclass

@@ -220,16 +220,15 @@ def _scene(dest: Path, encoder_spec: object = None, n: int = 400) -> Path:
     """A small loadable scene folder (simulator text encoder unless ``encoder_spec``)."""
     from ccl_lgs_ros.config import Config, to_dict
     from ccl_lgs_ros.io import atomic_write_json
-    from ccl_lgs_ros.pipeline import SCENE_FORMAT_VERSION
     from ccl_lgs_ros.priors.simulator import SimulatedTextEncoder
     from ccl_lgs_ros.query.synthetic import blob_scene
-    from ccl_lgs_ros.scene import QUERY_INDEX
+    from ccl_lgs_ros.scene.layout import SCENE_FORMAT_VERSION, SceneDir
 
     enc = SimulatedTextEncoder(dim=16, seed=0)
     codebook = enc.encode_text(["red mug", "floor"])
     scene = blob_scene(n, np.array([[1.0, 0.0, 0.5]]), np.array([0]), floor_code=1, seed=0)
     dest.mkdir(parents=True, exist_ok=True)
-    scene.index(codebook, level="wp", frame_id="map").save(dest / QUERY_INDEX)
+    scene.index(codebook, level="wp", frame_id="map").save(SceneDir(dest).query_index)
     record = {"format_version": SCENE_FORMAT_VERSION, "frame_id": "map", "world_from_scene": np.eye(4).tolist(),
               "config": to_dict(Config()), "text_encoder": enc.spec() if encoder_spec is None else encoder_spec}
     atomic_write_json(dest / "scene.json", record)

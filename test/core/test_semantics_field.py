@@ -122,14 +122,14 @@ def test_variant_query_index_lifts_the_rendered_codes(method: str, tmp_path: Pat
     """``field.query_codes: lifted`` for the variants: every Gaussian takes the code that the field
     renders where it is seen. Rendering those per-Gaussian codes back into the training views must
     then reproduce the field's own pixel codes better than the decoded per-Gaussian codes do."""
-    from ccl_lgs_ros.pipeline import SCENE_FORMAT_VERSION
     from ccl_lgs_ros.priors.stage import load_priors
     from ccl_lgs_ros.query.index import SemanticIndex
-    from ccl_lgs_ros.scene import QUERY_INDEX, build_query_index
-    from ccl_lgs_ros.semantics.field import load_scene_from_world
+    from ccl_lgs_ros.scene.build import build_query_index
+    from ccl_lgs_ros.scene.layout import SCENE_FORMAT_VERSION, SceneDir
     from ccl_lgs_ros.semantics.relevance import pixel_codes, render_field
     from ccl_lgs_ros.semantics.views import FrozenGaussians, render_features, supervised_views
     from ccl_lgs_ros.splat.data import split_indices
+    from ccl_lgs_ros.splat.gaussians import load_scene_from_world
 
     cfg = tiny_cfg(method, iterations=60)
     scene, capture = make_scene(tmp_path, cfg, seed=3)
@@ -144,7 +144,7 @@ def test_variant_query_index_lifts_the_rendered_codes(method: str, tmp_path: Pat
         cfg.field.query_codes = mode
         stats = build_query_index(scene, "map", capture, cfg)
         assert stats["query_codes"] == mode
-        codes[mode] = SemanticIndex.load(scene / QUERY_INDEX).levels[level].codes
+        codes[mode] = SemanticIndex.load(SceneDir(scene).query_index).levels[level].codes
 
     priors, _ = load_priors(scene / "priors")
     train_idx, _ = split_indices(len(capture.frames), cfg.rgb.holdout_every)
@@ -183,9 +183,9 @@ def test_field_stage_is_reproducible(method: str, base, tmp_path: Path) -> None:
 
 
 def test_query_index_from_the_field(base, tmp_path: Path) -> None:
-    from ccl_lgs_ros.pipeline import SCENE_FORMAT_VERSION
     from ccl_lgs_ros.query.index import SemanticIndex
-    from ccl_lgs_ros.semantics import build_query_index
+    from ccl_lgs_ros.scene.build import build_query_index
+    from ccl_lgs_ros.scene.layout import SCENE_FORMAT_VERSION, SceneDir
 
     scene, capture = base
     cfg = tiny_cfg("ccl", iterations=20)
@@ -194,7 +194,7 @@ def test_query_index_from_the_field(base, tmp_path: Path) -> None:
     sfw = np.asarray(load_npz(work / "rgb" / "gaussians.npz")["scene_from_world"])
     atomic_write_json(work / "scene.json", {"format_version": SCENE_FORMAT_VERSION, "frame_id": "map",
                                             "world_from_scene": np.linalg.inv(sfw).tolist()})  # fmt: skip
-    path = build_query_index(work)
-    index = SemanticIndex.load(path)
+    build_query_index(work)  # frame_id from scene.json
+    index = SemanticIndex.load(SceneDir(work).query_index)
     assert sorted(index.levels) == ["sp", "wp"] and index.frame_id == "map"
     assert index.num_gaussians == load_field(work).num_gaussians

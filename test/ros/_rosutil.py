@@ -189,10 +189,9 @@ def write_blob_scene(
 
     from ccl_lgs_ros.config import Config, to_dict
     from ccl_lgs_ros.io import atomic_write_json
-    from ccl_lgs_ros.pipeline import SCENE_FORMAT_VERSION
     from ccl_lgs_ros.priors.simulator import SimulatedTextEncoder
     from ccl_lgs_ros.query.synthetic import blob_scene
-    from ccl_lgs_ros.scene import QUERY_INDEX
+    from ccl_lgs_ros.scene.layout import SCENE_FORMAT_VERSION, SceneDir
 
     enc = SimulatedTextEncoder(dim=64, seed=0)
     names = list(dict.fromkeys([*labels, "floor"]))
@@ -200,7 +199,7 @@ def write_blob_scene(
     codes = np.array([names.index(lbl) for lbl in labels])
     scene = blob_scene(num_gaussians, np.asarray(centers, float), codes, names.index("floor"), radius=0.1, seed=1)
     dest.mkdir(parents=True, exist_ok=True)
-    scene.index(codebook, level="wp", frame_id=frame_id).save(dest / QUERY_INDEX)
+    scene.index(codebook, level="wp", frame_id=frame_id).save(SceneDir(dest).query_index)
     atomic_write_json(
         dest / "scene.json",
         {

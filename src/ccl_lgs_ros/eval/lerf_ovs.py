@@ -26,6 +26,7 @@ import numpy as np
 
 from ..capture.format import Capture
 from ..io import read_json
+from ..semantics.relevance import RelevanceRenderer, safe_name, write_relevance_pngs
 from .metrics2d import (
     LANGSPLAT_OPTIONS,
     LANGSPLAT_REFERENCE,
@@ -103,8 +104,6 @@ def evaluate_lerf_ovs(scene_dir, capture: Capture, labels: Path, cfg, device: st
         ``{"protocol": "lerf-ovs", "reference", "miou", "loc_accuracy", "queries", "frames": {name:
         {cat: {"iou", "localised", "level"}}}, "missing_frames": [...]}``.
     """
-    from ..semantics.relevance import RelevanceRenderer, safe_name, write_relevance_pngs
-
     files = label_files(Path(labels))
     renderer = RelevanceRenderer(scene_dir, cfg.query.negatives, device=device, backend=cfg.rgb.backend)
     by_stem = frame_by_stem(capture)

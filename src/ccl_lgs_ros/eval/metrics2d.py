@@ -45,7 +45,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..semantics.relevance import SMOOTH_SIZE, box_filter
+from ..semantics.relevance import SMOOTH_SIZE, RelevanceRenderer, box_filter, safe_name, write_relevance_pngs
+from ..splat.data import split_indices
 
 #: The LERF-OVS reference implementation this module follows (repository, files, commit).
 LANGSPLAT_REFERENCE = (
@@ -325,9 +326,6 @@ def evaluate_synthetic_2d(
         "loc_accuracy", "views"}}, "frames": [...]}``.
     """
     from pathlib import Path
-
-    from ..semantics.relevance import RelevanceRenderer, safe_name, write_relevance_pngs
-    from ..splat.data import split_indices
 
     renderer = RelevanceRenderer(scene_dir, cfg.query.negatives, device=device, backend=cfg.rgb.backend)
     if frames is None:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..capture.format import Capture
-from ..semantics.relevance import pick_level
+from ..semantics.relevance import RelevanceRenderer, pick_level, safe_name, write_relevance_pngs
 from .metrics2d import OVS3D_THRESHOLD, ovs3d_image_miou, protocol_mean
 
 #: The 3D-OVS reference implementation this module follows (repository, files, commit).
@@ -66,8 +66,6 @@ def _resolve_view(name: str, capture: Capture) -> int | None:
 def evaluate_3d_ovs(scene_dir, capture: Capture, labels: Path, cfg, device: str = "cpu", out_dir=None,  # noqa: ANN001
                     missing_class: str = "skip", nan_mean: str = "propagate") -> dict:  # fmt: skip
     """Run the 3D-OVS protocol. Returns ``{"protocol": "3d-ovs", "miou", "images": {view: miou}, ...}``."""
-    from ..semantics.relevance import RelevanceRenderer, safe_name, write_relevance_pngs
-
     if missing_class not in ("skip", "empty"):
         raise ValueError(f"missing_class must be 'skip' or 'empty', not {missing_class!r}")
     seg = Path(labels)

@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..capture.format import Capture
+from ..capture.format import Capture, write_image
+from ..scene.layout import SceneDir
+from ..scene.load import load_scene
+from ..semantics.relevance import safe_name
+from ..semantics.views import FrozenGaussians, camera_view, render_features
+from ..splat.data import split_indices
+from .lerf_ovs import find_frame, frame_by_stem, label_files, read_lerf_labels
 from .metrics2d import LANGSPLAT_OPTIONS, iou, label_masks, protocol_mean
 
 #: Rendered accumulated weight above which a pixel belongs to the rendered selection.
@@ -40,16 +46,12 @@ class SelectionRenderer:
 
     def __init__(self, scene_dir: str | Path, device: str = "cpu", backend: str = "auto", occlusion: bool = False,
                  alpha_threshold: float = ALPHA_THRESHOLD) -> None:  # fmt: skip
-        from ..scene import load_scene
-        from ..semantics.field import load_scene_from_world
-        from ..semantics.views import FrozenGaussians
-
-        scene_dir = Path(scene_dir)
-        self.scene = load_scene(scene_dir, device=device)
-        self.gaussians = FrozenGaussians.load(scene_dir / "rgb" / "gaussians.npz", device)
+        scene = SceneDir(scene_dir)
+        self.scene = load_scene(scene.root, device=device)
+        self.gaussians = FrozenGaussians.load(scene.gaussians, device)
         if len(self.gaussians) != self.scene.index.num_gaussians:
-            raise ValueError(f"{scene_dir}: query index and RGB Gaussians differ in size")
-        self.scene_from_world = load_scene_from_world(scene_dir / "rgb")
+            raise ValueError(f"{scene.root}: query index and RGB Gaussians differ in size")
+        self.scene_from_world = scene.scene_from_world()
         self.device, self.backend = device, backend
         self.occlusion, self.alpha_threshold = occlusion, float(alpha_threshold)
         self._selected: dict[str, np.ndarray] = {}
@@ -64,8 +66,6 @@ class SelectionRenderer:
 
     def mask(self, capture: Capture, index: int, text: str, width: int, height: int) -> np.ndarray:
         """Predicted ``bool [H, W]`` mask of ``text`` in frame ``index``."""
-        from ..semantics.views import FrozenGaussians, camera_view, render_features
-
         ids = self.selection(text)
         if ids.size == 0:
             return np.zeros((height, width), bool)
@@ -92,9 +92,6 @@ def evaluate_3d(scene_dir, capture: Capture, cfg, labels: Path | None = None, de
         ``{"protocol": "3d", "gt": "lerf-ovs" | "synthetic", "miou", "queries", ...}`` with per
         (frame, category) IoUs for LERF labels, per-label means for synthetic scenes.
     """
-    from ..capture.format import write_image
-    from ..semantics.relevance import safe_name
-
     sel = SelectionRenderer(scene_dir, device=device, backend=cfg.rgb.backend, occlusion=occlusion,
                             alpha_threshold=alpha_threshold)  # fmt: skip
     settings = {"occlusion": occlusion, "alpha_threshold": alpha_threshold}
@@ -105,8 +102,6 @@ def evaluate_3d(scene_dir, capture: Capture, cfg, labels: Path | None = None, de
             write_image(Path(out_dir) / f"{name}_3d_mask.png", np.repeat(m[..., None], 3, axis=2))
 
     if labels is not None:
-        from .lerf_ovs import find_frame, frame_by_stem, label_files, read_lerf_labels
-
         by_stem = frame_by_stem(capture)
         ious: list[float] = []
         per_frame: dict[str, dict[str, float]] = {}
@@ -127,8 +122,6 @@ def evaluate_3d(scene_dir, capture: Capture, cfg, labels: Path | None = None, de
                 save(f"{stem}_{safe_name(cat)}", pred)
         return {"protocol": "3d", "gt": "lerf-ovs", **settings, "miou": protocol_mean(ious), "queries": len(ious),
                 "frames": per_frame, "missing_frames": missing}  # fmt: skip
-
-    from ..splat.data import split_indices
 
     if frames is None:
         train, test = split_indices(len(capture.frames), cfg.rgb.holdout_every)

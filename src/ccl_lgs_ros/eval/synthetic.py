@@ -20,6 +20,8 @@ from plyfile import PlyData
 
 from ..capture.format import Capture
 from ..config import Config
+from ..scene.load import LoadedScene, load_scene
+from .metrics2d import evaluate_synthetic_2d
 from .metrics3d import evaluate_label, instance_points, summarise
 
 #: A returned point counts as correct within this distance of the object's GT points (metres).
@@ -39,7 +41,7 @@ def gt_objects(capture: Capture) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def evaluate_3d(scene: Any, capture: Capture, dist_thresh: float = DEFAULT_DIST_THRESH) -> dict[str, Any]:
+def evaluate_3d(scene: LoadedScene, capture: Capture, dist_thresh: float = DEFAULT_DIST_THRESH) -> dict[str, Any]:
     """3D retrieval metrics of a loaded scene (:class:`~ccl_lgs_ros.scene.LoadedScene`)."""
     objects = gt_objects(capture)
     if not objects:
@@ -58,12 +60,8 @@ def evaluate_3d(scene: Any, capture: Capture, dist_thresh: float = DEFAULT_DIST_
 def evaluate_synthetic(scene_dir: str | Path, capture: Capture, cfg: Config, device: str = "cpu",
                        out_dir: str | Path | None = None, with_2d: bool = True) -> dict[str, Any]:
     """Both halves of the protocol; ``ccl-lgs eval SCENE --protocol synthetic``."""
-    from ..scene import load_scene
-
     scene = load_scene(scene_dir, device=device)
     result: dict[str, Any] = {"protocol": "synthetic", "3d": evaluate_3d(scene, capture)}
     if with_2d:
-        from .metrics2d import evaluate_synthetic_2d
-
         result["2d"] = evaluate_synthetic_2d(scene_dir, capture, cfg, device=device, out_dir=out_dir)
     return result

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 from plyfile import PlyData, PlyElement
 
+from ..geometry import matrix_to_quat_xyzw
 from ..io import atomic_write_bytes, atomic_write_json
+from ..viz import BoxMarker, TextMarker, render_rviz_like
 from .engine import QueryResult
 from .index import SH_C0, SemanticIndex
 
@@ -89,9 +91,6 @@ def render_selection_png(
     the scene's Gaussian centres in their colours, each instance's cloud in its own colour with
     its oriented box and score, the camera focused on the instances (on the scene when nothing
     was found). Matplotlib Agg, no GPU or display needed."""
-    from ..geometry import matrix_to_quat_xyzw
-    from ..viz import BoxMarker, TextMarker, render_rviz_like
-
     rng = np.random.default_rng(0)
     keep = np.flatnonzero(index.opacities >= 0.05)
     if keep.size > max_background:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..geometry import box_corners
 from .index import quats_to_rotmats
 
 #: Samples are drawn within this many standard deviations of a Gaussian's centre.
@@ -212,8 +213,7 @@ class Box:
 
     def corners(self) -> np.ndarray:
         """``[8, 3]`` corners."""
-        signs = np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], dtype=np.float64)
-        return self.center + (signs * self.extent / 2.0) @ self.rotation.T
+        return box_corners(self.center, self.rotation, self.extent)
 
     def to_json(self) -> dict:
         return {

@@ -29,30 +29,20 @@ import torch
 from ..capture.format import Capture
 from ..config import Config, digest
 from ..io import atomic_save_npz, atomic_write_json, load_npz, read_json
+from ..priors.stage import load_priors
 from ..priors.types import FramePriors
 from ..progress import Progress
+from ..scene.layout import SceneDir
 from ..splat.data import split_indices
 from .codebook import LevelCodebook, train_codebook
 from .model import GAGS_LEVEL, SemanticField, gaussian_code_probs
 from .training import CCLObjective, optimise
+from .variants import CGCObjective, GAGSObjective
 from .views import FrozenGaussians, supervised_views
 
 FIELD_STAGE_VERSION = 1
 #: CGC's spatial regulariser is part of the method; this weight applies when the config leaves it at 0.
 CGC_DEFAULT_SPATIAL = 0.1
-
-
-def load_scene_from_world(rgb_dir: Path) -> np.ndarray:
-    """``scene_from_world`` of the RGB stage (``rgb.json``, else the Gaussians file, else identity)."""
-    record_path = rgb_dir / "rgb.json"
-    if record_path.is_file():
-        record = read_json(record_path)
-        if "scene_from_world" in record:
-            return np.asarray(record["scene_from_world"], dtype=np.float64)
-        if "world_from_scene" in record:
-            return np.linalg.inv(np.asarray(record["world_from_scene"], dtype=np.float64))
-    arrays = load_npz(rgb_dir / "gaussians.npz")
-    return np.asarray(arrays.get("scene_from_world", np.eye(4)), dtype=np.float64)
 
 
 def field_levels(cfg: Config, priors: list[FramePriors]) -> list[str]:
@@ -86,11 +76,10 @@ def _codebook_settings(cfg: Config, priors_meta: dict[str, Any], levels: list[st
 
 
 def run_codebook_stage(
-    out_dir: Path, priors: list[FramePriors], levels: list[str], cfg: Config, settings: str, device: str,
+    path: Path, priors: list[FramePriors], levels: list[str], cfg: Config, settings: str, device: str,
     progress: bool = True,
 ) -> dict[str, LevelCodebook]:  # fmt: skip
-    """Learn (or reload) the codebook of every level; ``out_dir/codebook.npz``."""
-    path = out_dir / "codebook.npz"
+    """Learn (or reload) the codebook of every level, cached in ``path`` (``SceneDir.codebook``)."""
     if path.is_file():
         cached = load_npz(path)
         if str(cached.get("settings", "")) == settings:
@@ -143,14 +132,12 @@ def train_field(scene_dir: Path, capture: Capture, cfg: Config, device: str, pro
         Metrics: ``method``, ``levels``, ``n_gaussians``, ``steps``, ``loss_first``/``loss_last``
         (means over the first / last 10 % of steps), per-term finals, ``seconds``, ``skipped``.
     """
-    from ..priors.stage import load_priors  # priors.stage imports config-level helpers only
-
     t0 = time.monotonic()
-    scene_dir = Path(scene_dir)
-    out_dir = scene_dir / "field"
+    scene = SceneDir(scene_dir)
+    out_dir = scene.field_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    gauss_path = scene_dir / "rgb" / "gaussians.npz"
-    priors, meta = load_priors(scene_dir / "priors")
+    gauss_path = scene.gaussians
+    priors, meta = load_priors(scene.priors_dir)
     if len(priors) != len(capture.frames):
         raise ValueError(f"priors have {len(priors)} frames, the capture {len(capture.frames)}")
     levels = field_levels(cfg, priors)
@@ -160,22 +147,22 @@ def train_field(scene_dir: Path, capture: Capture, cfg: Config, device: str, pro
         "holdout_every": cfg.rgb.holdout_every, "gaussians": _file_stamp(gauss_path),
         "priors": [meta.get(k) for k in ("frame_settings", "assoc_settings", "inputs_digest")],
     })  # fmt: skip
-    record_path = out_dir / "field.json"
-    if record_path.is_file() and (out_dir / "field.npz").is_file():
+    record_path = scene.field_record
+    if record_path.is_file() and scene.field.is_file():
         record = read_json(record_path)
         if record.get("completed") and record.get("settings") == settings:
             return dict(record["metrics"], skipped=True)
 
     gaussians = FrozenGaussians.load(gauss_path, device)
-    scene_from_world = load_scene_from_world(scene_dir / "rgb")
+    scene_from_world = scene.scene_from_world()
     train_idx, _ = split_indices(len(capture.frames), cfg.rgb.holdout_every)
     backend = cfg.rgb.backend
 
     codes = None
     codebooks: dict[str, LevelCodebook] = {}
     if f.method == "ccl":
-        codebooks = run_codebook_stage(out_dir, priors, levels, cfg, _codebook_settings(cfg, meta, levels), device,
-                                       progress)  # fmt: skip
+        codebooks = run_codebook_stage(scene.codebook, priors, levels, cfg, _codebook_settings(cfg, meta, levels),
+                                       device, progress)  # fmt: skip
         codes = {lv: cb.mask_codes for lv, cb in codebooks.items()}
     views = supervised_views(capture, priors, train_idx, scene_from_world, levels, codes, device)
 
@@ -184,8 +171,6 @@ def train_field(scene_dir: Path, capture: Capture, cfg: Config, device: str, pro
                                       f.feature_dim, seed=f.seed, device=device)  # fmt: skip
         spatial = f.spatial_lambda
     else:
-        from .variants import CGCObjective, GAGSObjective
-
         dim = int(next(v.mask_features[lv] for v in views for lv in v.mask_features).shape[1])
         if f.method == "gags":
             objective = GAGSObjective(len(gaussians), levels, dim, f.feature_dim, f.codebook_size,
@@ -207,7 +192,7 @@ def train_field(scene_dir: Path, capture: Capture, cfg: Config, device: str, pro
         )  # fmt: skip
         with torch.no_grad():
             field = objective.finish(gaussians, views, backend)
-    field.save(out_dir / "field.npz")
+    field.save(scene.field)
     ckpt.unlink(missing_ok=True)
 
     history = run["history"]
@@ -232,7 +217,7 @@ def train_field(scene_dir: Path, capture: Capture, cfg: Config, device: str, pro
 
 
 def load_field(scene_dir: str | Path) -> SemanticField:
-    return SemanticField.load(Path(scene_dir) / "field" / "field.npz")
+    return SemanticField.load(SceneDir(scene_dir).field)
 
 
 def per_gaussian_code_probs(scene_dir: str | Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -243,18 +228,3 @@ def per_gaussian_code_probs(scene_dir: str | Path) -> tuple[dict[str, np.ndarray
     """
     field = load_field(scene_dir)
     return gaussian_code_probs(field), {lv: field.codebooks[lv] for lv in field.levels}
-
-
-def build_query_index(scene_dir: str | Path, frame_id: str | None = None) -> Path:
-    """Write ``scene_dir/query_index.npz`` from the trained field (see :mod:`ccl_lgs_ros.scene`).
-
-    ``frame_id`` defaults to the one recorded in ``scene.json``.
-    """
-    from ..scene import QUERY_INDEX
-    from ..scene import build_query_index as _build
-
-    scene_dir = Path(scene_dir)
-    if frame_id is None:
-        frame_id = str(read_json(scene_dir / "scene.json").get("frame_id", "map"))
-    _build(scene_dir, frame_id)
-    return scene_dir / QUERY_INDEX

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ..capture.format import Capture, write_image
-from ..io import read_json
+from ..priors.stage import build_text_encoder
+from ..scene.layout import SceneDir
 from .model import SemanticField
 from .views import FieldView, FrozenGaussians, camera_view, render_features
 
@@ -143,22 +144,16 @@ class RelevanceRenderer:
 
     def __init__(self, scene_dir: str | Path, negatives: Sequence[str], device: str = "cpu", backend: str = "auto",
                  text_encoder=None) -> None:  # noqa: ANN001 - any priors.types.TextEncoder  # fmt: skip
-        from .field import load_field, load_scene_from_world
-
-        scene_dir = Path(scene_dir)
-        self.field = load_field(scene_dir)
-        self.gaussians = FrozenGaussians.load(scene_dir / "rgb" / "gaussians.npz", device)
-        self.scene_from_world = load_scene_from_world(scene_dir / "rgb")
+        scene = SceneDir(scene_dir)
+        self.field = SemanticField.load(scene.field)
+        self.gaussians = FrozenGaussians.load(scene.gaussians, device)
+        self.scene_from_world = scene.scene_from_world()
         self.device = device
         self.backend = backend
         if text_encoder is None:
-            from ..priors.stage import build_text_encoder
-
-            spec = None
-            if (scene_dir / "scene.json").is_file():
-                spec = read_json(scene_dir / "scene.json").get("text_encoder")
+            spec = scene.text_encoder_spec()
             if spec is None:
-                spec = read_json(scene_dir / "priors" / "meta.json")["text_encoder"]
+                raise ValueError(f"{scene.root}: no text encoder recorded (scene.json or priors/meta.json)")
             text_encoder = build_text_encoder(spec, device)
         self.text_encoder = text_encoder
         self.negatives = list(negatives)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..io import atomic_save_npz, load_npz
+from ..io import atomic_save_npz, load_npz, read_json
 from .project import _SH_C0, num_sh_bases
 
 FORMAT_VERSION = 1
@@ -188,7 +188,40 @@ class GaussianModel(nn.Module):
         return GaussianModel.from_arrays(load_npz(path), device)
 
 
+def _as64(m: object) -> np.ndarray | None:
+    return None if m is None else np.asarray(m, dtype=np.float64)
+
+
+def _frame_transforms(path: str | Path) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(scene_from_world, world_from_scene)`` as recorded by the RGB stage, either may be None.
+
+    ``path`` is the stage folder (``rgb.json`` + ``gaussians.npz``) or the ``.npz`` itself. The
+    stage record ``rgb.json`` wins; else the Gaussians file's ``scene_from_world``."""
+    path = Path(path)
+    npz = path / "gaussians.npz" if path.is_dir() else path
+    record_path = npz.parent / "rgb.json"
+    if record_path.is_file():
+        record = read_json(record_path)
+        sfw, wfs = record.get("scene_from_world"), record.get("world_from_scene")
+        if sfw is not None or wfs is not None:
+            return _as64(sfw), _as64(wfs)
+    arrays = load_npz(npz)
+    return _as64(arrays.get("scene_from_world")), None
+
+
 def load_scene_from_world(path: str | Path) -> np.ndarray:
-    """The ``scene_from_world`` recorded in a Gaussians file (identity when absent)."""
-    arrays = load_npz(path)
-    return np.asarray(arrays.get("scene_from_world", np.eye(4)), dtype=np.float64)
+    """``scene_from_world`` of the RGB stage: ``rgb.json``, else the Gaussians file, else identity.
+
+    The one reader of the normalisation (``path``: the stage folder or its ``gaussians.npz``)."""
+    sfw, wfs = _frame_transforms(path)
+    if sfw is not None:
+        return sfw
+    return np.linalg.inv(wfs) if wfs is not None else np.eye(4)
+
+
+def load_world_from_scene(path: str | Path) -> np.ndarray:
+    """``world_from_scene`` of the RGB stage (the stored one, else the inverse of ``scene_from_world``)."""
+    sfw, wfs = _frame_transforms(path)
+    if wfs is not None:
+        return wfs
+    return np.linalg.inv(sfw) if sfw is not None else np.eye(4)

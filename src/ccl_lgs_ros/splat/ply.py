@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..geometry import matrix_to_quat_xyzw
 from ..io import atomic_write_bytes
 from .gaussians import GaussianModel, sh0_to_rgb
 from .project import sh_degree_from_bases
@@ -42,8 +43,6 @@ def _decompose_similarity(world_from_scene: np.ndarray) -> tuple[float, np.ndarr
 
 
 def _rotmat_to_quat_wxyz(R: np.ndarray) -> np.ndarray:
-    from ..geometry import matrix_to_quat_xyzw
-
     x, y, z, w = matrix_to_quat_xyzw(R)
     return np.array([w, x, y, z])
 
