@@ -46,13 +46,14 @@ def machine() -> dict:
 
 def relevance_of(vectors: np.ndarray, which: np.ndarray, names: list, text: dict, negatives: np.ndarray) -> np.ndarray:
     """LERF relevance of ``vectors[m]`` for the label ``names[which[m]]`` (NaN where ``which`` < 0)."""
-    from ccl_lgs_ros.semantics.relevance import relevance_scores
+    from ccl_lgs_ros.config import QueryConfig
+    from ccl_lgs_ros.relevance import lerf_relevance
 
     out = np.full(len(which), np.nan)
     for j, name in enumerate(names):
         sel = which == j
         if sel.any():
-            out[sel] = relevance_scores(vectors[sel], text[name], negatives)
+            out[sel] = lerf_relevance(vectors[sel], text[name], negatives, QueryConfig().temperature)
     return out
 
 
@@ -67,7 +68,7 @@ def lerf_miou(capture, priors, books, backend, cfg) -> float:  # noqa: ANN001
         lerf_evaluate_query,
         mask_boxes,
     )
-    from ccl_lgs_ros.semantics.relevance import relevance_scores
+    from ccl_lgs_ros.relevance import lerf_relevance
 
     encoder = backend.text_encoder()
     negatives = encoder.encode_text(list(cfg.query.negatives))
@@ -85,7 +86,7 @@ def lerf_miou(capture, priors, books, backend, cfg) -> float:  # noqa: ANN001
                 rel = np.zeros(lp.masks.shape, np.float32)
                 inside = lp.masks >= 0
                 if len(vec):
-                    rel[inside] = relevance_scores(vec, positive, negatives)[lp.masks[inside]]
+                    rel[inside] = lerf_relevance(vec, positive, negatives, cfg.query.temperature)[lp.masks[inside]]
                 maps[level] = rel
             result = lerf_evaluate_query(maps, gts[label], mask_boxes(gts[label]), size, SYNTHETIC_OPTIONS)
             per_label.setdefault(label, []).append(result.iou)

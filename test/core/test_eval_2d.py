@@ -20,7 +20,8 @@ from ccl_lgs_ros.eval.metrics2d import (
     ovs3d_image_miou,
     polygon_mask,
 )
-from ccl_lgs_ros.semantics.relevance import box_filter, pick_level, relevance_scores, smooth_relevance
+from ccl_lgs_ros.relevance import lerf_relevance
+from ccl_lgs_ros.semantics.relevance import box_filter, pick_level, smooth_relevance
 
 
 def test_polygon_fill_square_and_triangle() -> None:
@@ -98,7 +99,7 @@ def test_relevance_formula() -> None:
     pos = np.array([1.0, 0.0, 0.0])
     negs = np.array([[0.0, 1.0, 0.0], [0.6, 0.8, 0.0]])
     v = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    r = relevance_scores(v, pos, negs)
+    r = lerf_relevance(v, pos, negs, 10.0)
     # Row 0: s_pos = 1, s_neg = (0, 0.6): min(sigmoid(10), sigmoid(4)).
     assert r[0] == pytest.approx(1 / (1 + np.exp(-4.0)), rel=1e-5)
     # Row 1: s_pos = 0, s_neg = (1, 0.8): sigmoid(-10).

@@ -273,7 +273,7 @@ def test_objectness_brings_the_canonical_negatives_closer() -> None:
     """``sim_objectness``: generic phrases and every image feature share a direction, so LERF's
     relevance of an object's own label against "object", "things", ... stops saturating, while
     the label still beats the negatives and other labels; the spec carries it to query time."""
-    from ccl_lgs_ros.semantics.relevance import relevance_scores
+    from ccl_lgs_ros.relevance import lerf_relevance
 
     negatives = ["object", "things", "stuff", "texture"]
     rel = {}
@@ -281,7 +281,7 @@ def test_objectness_brings_the_canonical_negatives_closer() -> None:
         enc = SimulatedTextEncoder(512, 0, objectness=g)
         image = enc.to_image_space(enc.semantic("red mug"))[None].astype(np.float32)
         q = enc.encode_text(["red mug", "blue box", *negatives])
-        rel[g] = (relevance_scores(image, q[0], q[2:])[0], relevance_scores(image, q[1], q[2:])[0])
+        rel[g] = (lerf_relevance(image, q[0], q[2:], 10.0)[0], lerf_relevance(image, q[1], q[2:], 10.0)[0])
         assert float(image[0] @ q[0]) > float((q[1:] @ image[0]).max())  # the label still reads best
         assert build_text_encoder(enc.spec()).spec() == enc.spec()
         np.testing.assert_allclose(build_text_encoder(enc.spec()).encode_text(negatives), q[2:])

@@ -105,7 +105,8 @@ def evaluate_lerf_ovs(scene_dir, capture: Capture, labels: Path, cfg, device: st
         {cat: {"iou", "localised", "level"}}}, "missing_frames": [...]}``.
     """
     files = label_files(Path(labels))
-    renderer = RelevanceRenderer(scene_dir, cfg.query.negatives, device=device, backend=cfg.rgb.backend)
+    renderer = RelevanceRenderer(scene_dir, cfg.query.negatives, device=device, backend=cfg.rgb.backend,
+                                 temperature=cfg.query.temperature)
     by_stem = frame_by_stem(capture)
     ious: list[float] = []
     locs: list[float] = []

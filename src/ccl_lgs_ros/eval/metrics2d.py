@@ -327,7 +327,8 @@ def evaluate_synthetic_2d(
     """
     from pathlib import Path
 
-    renderer = RelevanceRenderer(scene_dir, cfg.query.negatives, device=device, backend=cfg.rgb.backend)
+    renderer = RelevanceRenderer(scene_dir, cfg.query.negatives, device=device, backend=cfg.rgb.backend,
+                                 temperature=cfg.query.temperature)
     if frames is None:
         train, test = split_indices(len(capture.frames), cfg.rgb.holdout_every)
         frames = test or train

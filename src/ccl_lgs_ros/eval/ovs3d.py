@@ -72,7 +72,8 @@ def evaluate_3d_ovs(scene_dir, capture: Capture, labels: Path, cfg, device: str 
     if (seg / "segmentations").is_dir():
         seg = seg / "segmentations"
     classes = [c.strip() for c in (seg / "classes.txt").read_text(encoding="utf-8").splitlines() if c.strip()]
-    renderer = RelevanceRenderer(scene_dir, cfg.query.negatives, device=device, backend=cfg.rgb.backend)
+    renderer = RelevanceRenderer(scene_dir, cfg.query.negatives, device=device, backend=cfg.rgb.backend,
+                                 temperature=cfg.query.temperature)
     images: dict[str, float] = {}
     missing: list[str] = []
     for view_dir in sorted(p for p in seg.iterdir() if p.is_dir()):

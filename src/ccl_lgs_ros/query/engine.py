@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..config import QueryConfig
+from ..relevance import lerf_relevance
 from .cluster import VoxelGrid, dbscan_open3d
 from .index import LevelCodes, SemanticIndex
 from .shapes import (
@@ -82,24 +83,8 @@ class TextEncoderLike(Protocol):
     def encode_text(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-def relevance_table(
-    codebook: np.ndarray,  # [Nc, D] unit rows
-    positive: np.ndarray,  # [D] unit
-    negatives: np.ndarray,  # [K, D] unit
-    temperature: float,
-) -> np.ndarray:
-    """LERF relevance of each codebook entry: ``min_k softmax(T [s_pos, s_neg_k])[0]``.
-
-    Returns:
-        float32 ``[Nc]`` in [0, 1]. Without negatives a zero-similarity negative is assumed.
-    """
-    cb = np.asarray(codebook, dtype=np.float32)
-    s_pos = cb @ np.asarray(positive, dtype=np.float32)
-    negs = np.asarray(negatives, dtype=np.float32).reshape(-1, cb.shape[1])
-    s_neg = cb @ negs.T if negs.shape[0] else np.zeros((cb.shape[0], 1), np.float32)
-    # softmax of two logits = sigmoid of their difference
-    diff = temperature * (s_pos[:, None] - s_neg)
-    return (1.0 / (1.0 + np.exp(-diff))).min(axis=1).astype(np.float32)
+#: The codebook's relevance table is the one LERF formula (:mod:`ccl_lgs_ros.relevance`) applied to its entries.
+relevance_table = lerf_relevance
 
 
 @dataclass

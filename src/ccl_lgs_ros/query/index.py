@@ -218,7 +218,9 @@ class SemanticIndex:
         for name, lv in self.levels.items():
             arrays[f"{name}.codes"] = lv.codes
             arrays[f"{name}.confidence"] = lv.confidence
-            arrays[f"{name}.codebook"] = lv.codebook.astype(np.float16)
+            # float32 (a few hundred kB): the engine's relevance then equals the 2D maps', which
+            # read the field's float32 codebook (float16 moved relevance by ~1e-4).
+            arrays[f"{name}.codebook"] = lv.codebook.astype(np.float32)
         atomic_save_npz(path, arrays)
 
     @classmethod

@@ -378,7 +378,8 @@ def _pictures(scene_path: Path, source: Any, labels: list[str], out: Path) -> di
     cfg = from_dict(scene.record["config"])
     _, test = split_indices(len(source.frames), cfg.rgb.holdout_every)
     frame = (test or [0])[0]
-    renderer = RelevanceRenderer(scene_path, cfg.query.negatives, device="cpu", backend=cfg.rgb.backend)
+    renderer = RelevanceRenderer(scene_path, cfg.query.negatives, device="cpu", backend=cfg.rgb.backend,
+                                 temperature=cfg.query.temperature)
     intr = source.frames[frame].intrinsics
     maps = renderer.maps(source, frame, labels, intr.width, intr.height)
     level = next(iter(maps))

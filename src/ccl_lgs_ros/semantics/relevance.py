@@ -2,10 +2,10 @@
 
 As in LERF / LangSplat (METHOD.md, CCL-LGS step 6): every pixel takes a CLIP-space vector
 (``ccl``/``cgc``: the prototype ``T[argmax]`` of the decoded distribution; ``gags``: the decoded
-vector itself); with ``s = cos(vector, phi(text))`` its relevance is
-``min_k softmax(10 * [s_pos, s_neg_k])[0] = min_k sigmoid(10 (s_pos - s_neg_k))`` over the
-canonical negatives (``query.negatives``). For codebook methods the relevance is computed once per
-prototype and looked up per pixel.
+vector itself) and its relevance is :func:`ccl_lgs_ros.relevance.lerf_relevance` against the
+canonical negatives (``query.negatives``) at ``query.temperature``, the same formula and setting
+the 3D query engine uses. For codebook methods the relevance is computed once per prototype and
+looked up per pixel.
 
 Level selection (several levels): the level whose smoothed map ``0.5 (r + box30(r))`` has the
 highest maximum (LangSplat's rule), see :func:`pick_level`.
@@ -22,30 +22,14 @@ import torch
 
 from ..capture.format import Capture, write_image
 from ..priors.stage import build_text_encoder
+from ..priors.types import TextEncoder
+from ..relevance import lerf_relevance
 from ..scene.layout import SceneDir
 from .model import SemanticField
 from .views import FieldView, FrozenGaussians, camera_view, render_features
 
-#: LERF's softmax temperature of the relevance.
-RELEVANCE_TEMPERATURE = 10.0
 #: Box-filter size of the LERF-OVS smoothing (pixels).
 SMOOTH_SIZE = 30
-
-
-def relevance_scores(
-    vectors: np.ndarray,  # [M, D] unit
-    positive: np.ndarray,  # [D] unit
-    negatives: np.ndarray,  # [K, D] unit
-    temperature: float = RELEVANCE_TEMPERATURE,
-) -> np.ndarray:
-    """``min_k softmax(T [s_pos, s_neg_k])[0]`` for each row: ``float32 [M]`` in (0, 1)."""
-    v = np.asarray(vectors, dtype=np.float32)
-    s_pos = v @ np.asarray(positive, dtype=np.float32)
-    s_neg = v @ np.asarray(negatives, dtype=np.float32).reshape(-1, v.shape[1]).T  # [M, K]
-    if s_neg.shape[1] == 0:
-        return np.ones_like(s_pos)
-    diff = np.clip(temperature * (s_pos[:, None] - s_neg), -60.0, 60.0)
-    return (1.0 / (1.0 + np.exp(-diff))).min(axis=1).astype(np.float32)
 
 
 def box_filter(x: np.ndarray, size: int = SMOOTH_SIZE) -> np.ndarray:
@@ -91,6 +75,7 @@ def relevance_maps(
     rendered: dict[str, torch.Tensor],  # level -> [B, H, W, d_f]
     text_embeddings: np.ndarray,  # [Q, D] unit, the queries
     negative_embeddings: np.ndarray,  # [K, D] unit
+    temperature: float,
 ) -> dict[str, np.ndarray]:
     """Relevance per level: ``float32 [B, Q, H, W]``."""
     out = {}
@@ -99,11 +84,12 @@ def relevance_maps(
         b, h, w = feats.shape[:3]
         if field.method == "gags":
             vec = field.vectors(lv, feats.cpu()).reshape(-1, field.dim).numpy()
-            rel = np.stack([relevance_scores(vec, q, negative_embeddings) for q in queries])  # [Q, BHW]
+            rel = np.stack([lerf_relevance(vec, q, negative_embeddings, temperature) for q in queries])  # [Q, BHW]
             out[lv] = rel.reshape(len(queries), b, h, w).transpose(1, 0, 2, 3)
         else:
             codes = pixel_codes(field, lv, feats)  # [B, H, W]
-            tables = np.stack([relevance_scores(field.codebooks[lv], q, negative_embeddings) for q in queries])
+            tables = np.stack([lerf_relevance(field.codebooks[lv], q, negative_embeddings, temperature)
+                               for q in queries])  # fmt: skip
             out[lv] = tables[:, codes].transpose(1, 0, 2, 3)  # [B, Q, H, W]
     return out
 
@@ -138,12 +124,14 @@ def safe_name(text: str) -> str:
 class RelevanceRenderer:
     """A trained scene ready to render relevance maps for capture cameras.
 
-    Loads the field, the frozen Gaussians, ``scene_from_world`` and the text encoder recorded with
-    the scene (``scene.json`` ``text_encoder``, else the priors cache's ``meta.json``).
+    ``negatives`` and ``temperature`` are the query settings (``cfg.query.negatives``,
+    ``cfg.query.temperature``), the same the 3D engine answers with. Loads the field, the frozen
+    Gaussians, ``scene_from_world`` and the text encoder recorded with the scene (``scene.json``
+    ``text_encoder``, else the priors cache's ``meta.json``).
     """
 
     def __init__(self, scene_dir: str | Path, negatives: Sequence[str], device: str = "cpu", backend: str = "auto",
-                 text_encoder=None) -> None:  # noqa: ANN001 - any priors.types.TextEncoder  # fmt: skip
+                 text_encoder: TextEncoder | None = None, *, temperature: float) -> None:  # fmt: skip
         scene = SceneDir(scene_dir)
         self.field = SemanticField.load(scene.field)
         self.gaussians = FrozenGaussians.load(scene.gaussians, device)
@@ -157,6 +145,7 @@ class RelevanceRenderer:
             text_encoder = build_text_encoder(spec, device)
         self.text_encoder = text_encoder
         self.negatives = list(negatives)
+        self.temperature = float(temperature)
         self._neg = unit_rows(text_encoder.encode_text(self.negatives)) if self.negatives else np.zeros((0, 1))
 
     def maps(
@@ -167,7 +156,7 @@ class RelevanceRenderer:
         rendered = render_field(self.field, self.gaussians, [view], self.backend)
         emb = unit_rows(self.text_encoder.encode_text(list(texts)))
         neg = self._neg if len(self._neg) else np.zeros((0, emb.shape[1]), np.float32)
-        return {lv: m[0] for lv, m in relevance_maps(self.field, rendered, emb, neg).items()}
+        return {lv: m[0] for lv, m in relevance_maps(self.field, rendered, emb, neg, self.temperature).items()}
 
 
 __all__ = [
@@ -177,7 +166,6 @@ __all__ = [
     "pick_level",
     "pixel_codes",
     "relevance_maps",
-    "relevance_scores",
     "render_field",
     "safe_name",
     "smooth_relevance",
