@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import time
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from .shapes import (
     surface_samples,
     typical_radius,
 )
+from .text import QueryError, validate_text
 
 __all__ = [
     "Instance",
@@ -68,13 +68,9 @@ __all__ = [
 ]
 
 
-
 #: Accepted surface-cloud spacings (m): below 0.1 mm a cloud would have billions of points (and
 #: float32 sums lose precision), above 10 m it is empty.
 POINT_SPACING_BOUNDS = (1e-4, 10.0)
-
-class QueryError(ValueError):
-    """The query (text or options) is invalid; the message says why."""
 
 
 class TextEncoderLike(Protocol):
@@ -241,21 +237,6 @@ def _join_clouds(parts: list[_Cloud]) -> _Cloud:
 
 def _normalise_phrase(text: str) -> str:
     return " ".join(text.split()).casefold()
-
-
-def validate_text(text: Any, max_chars: int, what: str = "query") -> str:
-    """Stripped ``text`` or :class:`QueryError` (empty, too long, control characters)."""
-    if not isinstance(text, str):
-        raise QueryError(f"{what} must be a string, got {type(text).__name__}")
-    stripped = text.strip()
-    if not stripped:
-        raise QueryError(f"{what} is empty")
-    if len(stripped) > max_chars:
-        raise QueryError(f"{what} is {len(stripped)} characters long; at most {max_chars} are accepted")
-    bad = [c for c in stripped if unicodedata.category(c)[0] == "C"]
-    if bad:
-        raise QueryError(f"{what} contains control or non-printable characters: {bad[:5]!r}")
-    return stripped
 
 
 class QueryEngine:

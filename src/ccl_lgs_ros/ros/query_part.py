@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from ..config import Config
+from ..query.text import QueryError, validate_text
 from . import conversions as conv
 
 #: Hard cap on the query text the service looks at, whatever query.max_query_chars says: a
@@ -39,22 +39,19 @@ class RequestError(ValueError):
 
 
 def check_request(req: Any, max_chars: int) -> None:
-    """Validate the request fields before touching the scene. Raises :class:`RequestError`."""
-    text = req.query
-    if not isinstance(text, str):
-        raise RequestError("query must be text")
-    n = len(text)
-    if n > min(max_chars, HARD_MAX_QUERY_CHARS):
-        raise RequestError(f"query is {n} characters long; at most {min(max_chars, HARD_MAX_QUERY_CHARS)} are accepted")
-    if not text.strip():
-        raise RequestError("query is empty: give a phrase such as 'red mug'")
-    if "\ufffd" in text:
-        raise RequestError("query contains U+FFFD replacement characters (text that was not valid UTF-8)")
-    bad = [c for c in text if unicodedata.category(c)[0] == "C"]
-    if bad:
-        raise RequestError(f"query contains control or non-printable characters {[hex(ord(c)) for c in bad[:5]]}")
-    if not any(c.isalnum() for c in text):
-        raise RequestError("query has no letters or digits")
+    """Validate the request fields before touching the scene. Raises :class:`RequestError`.
+
+    The query and every negative phrase go through the engine's own text check
+    (:func:`ccl_lgs_ros.query.text.validate_text`), so the service and the library accept the same text."""
+    limit = min(max_chars, HARD_MAX_QUERY_CHARS)
+    try:
+        validate_text(req.query, limit)
+        if len(req.negatives) > 64:
+            raise RequestError(f"{len(req.negatives)} negatives given; at most 64 are accepted")
+        for neg in req.negatives:
+            validate_text(neg, limit, "negative phrase")
+    except QueryError as exc:
+        raise RequestError(str(exc)) from None
     for name in ("threshold", "point_spacing"):
         v = float(getattr(req, name))
         if not math.isfinite(v):
@@ -65,11 +62,6 @@ def check_request(req: Any, max_chars: int) -> None:
         raise RequestError(f"threshold is {req.threshold}; relevance thresholds lie in [0, 1] (0 = default)")
     if req.clouds not in (conv.CLOUDS_BOTH, conv.CLOUDS_COMBINED, conv.CLOUDS_PER_INSTANCE):
         raise RequestError(f"clouds is {req.clouds}; use 0 (both), 1 (combined cloud only) or 2 (per instance only)")
-    if len(req.negatives) > 64:
-        raise RequestError(f"{len(req.negatives)} negatives given; at most 64 are accepted")
-    for neg in req.negatives:
-        if len(neg) > min(max_chars, HARD_MAX_QUERY_CHARS) or not neg.strip():
-            raise RequestError("every negative phrase must be non-empty and no longer than the query limit")
 
 
 class SceneServer:
