@@ -136,9 +136,9 @@ def test_precomputed_cloud_matches_on_the_fly_sampling(encoder, spacing):
     scene, centers = two_mugs_scene(6000)
     index = scene.index(codebook(encoder))
     cached = QueryEngine(index, encoder, cfg())
-    assert cached._pinned and cached._pinned_spacing == 0.02
+    assert cached.clouds.pinned and cached.clouds.pinned_spacing == 0.02
     fly = QueryEngine(index, encoder, cfg(cloud_cache_mb=0.0))
-    assert not fly._pinned
+    assert not fly.clouds.pinned
     for text in ("mug", "plant"):
         a = cached.query(text, point_spacing=spacing)
         b = fly.query(text, point_spacing=spacing)
@@ -179,7 +179,7 @@ def test_cloud_cache_reuse_and_budget(encoder):
     index = scene.index(codebook(encoder))
     engine = QueryEngine(index, encoder, cfg())
     first = engine.query("mug", point_spacing=0.01)
-    assert len(engine._cloud_lru) == 1  # one code built at this spacing, kept
+    assert len(engine.clouds.lru) == 1  # one code built at this spacing, kept
     again = engine.query("mug", point_spacing=0.01)
     for x, y in zip(first.instances, again.instances):
         np.testing.assert_array_equal(x.points, y.points)
@@ -192,27 +192,27 @@ def test_cloud_cache_reuse_and_budget(encoder):
     # A budget too small for the whole scene's clouds: nothing pinned, per-code entries stay
     # within the budget (or are not kept at all), answers unchanged in shape.
     tiny = QueryEngine(index, encoder, cfg(cloud_cache_mb=0.004))
-    assert not tiny._pinned
+    assert not tiny.clouds.pinned
     for spacing in (0.02, 0.01, 0.015, 0.03):
         res = tiny.query("mug", point_spacing=spacing)
         assert len(res.instances) == 2 and all(i.points.shape[0] > 20 for i in res.instances)
-        assert tiny._lru_bytes <= tiny._cloud_budget
-        assert tiny._lru_bytes == sum(c.nbytes for c in tiny._cloud_lru.values())
+        assert tiny.clouds.lru_bytes <= tiny.clouds.budget
+        assert tiny.clouds.lru_bytes == sum(c.nbytes for c in tiny.clouds.lru.values())
 
 
 @pytest.mark.parametrize("chunk", [500, 2500])
 def test_big_code_is_split_into_chunks(encoder, monkeypatch, chunk):
     """A code with more samples than one chunk is sampled in pieces, merged per cube: the same
     surface, still one point per cube."""
-    import ccl_lgs_ros.query.engine as engine_mod
+    import ccl_lgs_ros.query.clouds as clouds_mod
 
     centers = np.array([[0.0, 0.0, 0.1], [1.0, 0.0, 0.1], [0.0, 1.0, 0.1]])
     scene = blob_scene(6000, centers, np.array([0, 1, 2]), floor_code=len(LABELS) - 1, radius=0.2)
     index = scene.index(codebook(encoder))
     whole = QueryEngine(index, encoder, cfg()).query("mug").instances[0].points
-    monkeypatch.setattr(engine_mod, "CLOUD_CHUNK_SAMPLES", chunk)
+    monkeypatch.setattr(clouds_mod, "CLOUD_CHUNK_SAMPLES", chunk)
     engine = QueryEngine(index, encoder, cfg())
-    assert {("wp", c) for c in range(4)} <= set(engine._pinned)
+    assert {("wp", c) for c in range(4)} <= set(engine.clouds.pinned)
     pieces = engine.query("mug").instances[0].points
     for text in ("table", "plant", "floor"):
         assert engine.query(text).instances[0].points.shape[0] > 100

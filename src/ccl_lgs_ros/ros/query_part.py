@@ -76,7 +76,6 @@ class SceneServer:
         self.cfg = cfg
         self.tf_buffer = tf_buffer
         self.scene: Any = None  # scene.LoadedScene, swapped atomically
-        self._engine_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self.queries_answered = 0
         self.group = MutuallyExclusiveCallbackGroup()
@@ -167,15 +166,15 @@ class SceneServer:
             raise RequestError("no scene is loaded yet: train one (~/train action) or load one (~/load_scene)")
         T = self._target_transform(req.target_frame, scene.frame_id)
         frame = req.target_frame.strip().lstrip("/") or scene.frame_id
-        with self._engine_lock:
-            result = scene.engine.query(
-                req.query.strip(),
-                negatives=[n for n in req.negatives] or None,
-                threshold=float(req.threshold) if req.threshold > 0 else None,
-                max_instances=int(req.max_instances),
-                point_spacing=float(req.point_spacing) if req.point_spacing > 0 else None,
-                include_gaussians=bool(req.include_gaussians),
-            )
+        # No lock: the engine is thread-safe (immutable unit index, caches with their own locks).
+        result = scene.engine.query(
+            req.query.strip(),
+            negatives=[n for n in req.negatives] or None,
+            threshold=float(req.threshold) if req.threshold > 0 else None,
+            max_instances=int(req.max_instances),
+            point_spacing=float(req.point_spacing) if req.point_spacing > 0 else None,
+            include_gaussians=bool(req.include_gaussians),
+        )
         header = conv.make_header(frame, self.node.get_clock().now().to_msg())
         gaussians = bool(req.include_gaussians)
         conv.fill_query_response(resp, result, header, T, include_gaussians=gaussians, clouds=req.clouds)
