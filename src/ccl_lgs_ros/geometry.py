@@ -6,11 +6,26 @@
 
 Quaternions are (x, y, z, w) where they come from or go to ROS messages, and (w, x, y, z) in
 Gaussian parameters (gsplat's convention); the function names say which.
+
+This module is also the only home of the quaternion product, the split of a similarity transform
+(one tolerance, :data:`SIMILARITY_ATOL`) and the Gaussian parameter activations
+(:func:`activate_scales`, :func:`activate_opacities`, for numpy arrays and torch tensors alike).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypeVar
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
+
+#: How far ``R R^T`` of a similarity's rotation part may be from the identity (float32-stored
+#: matrices pass with room to spare; a shear or non-uniform scale of 1e-4 does not).
+SIMILARITY_ATOL = 1e-4
 
 #: Flips y and z: OpenGL camera axes <-> OpenCV/optical camera axes (its own inverse).
 GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -137,3 +152,68 @@ def box_corners(center: np.ndarray, rotation: np.ndarray, extent: np.ndarray) ->
     signs = np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], dtype=np.float64)
     return np.asarray(center, dtype=np.float64) + (signs * np.asarray(extent, dtype=np.float64) / 2.0) @ np.asarray(
         rotation, dtype=np.float64).T
+
+
+def quat_multiply_wxyz(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product ``a * b`` of (w, x, y, z) quaternions (broadcasting)."""
+    aw, ax, ay, az = np.moveaxis(np.asarray(a, dtype=np.float64), -1, 0)
+    bw, bx, by, bz = np.moveaxis(np.asarray(b, dtype=np.float64), -1, 0)
+    return np.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        axis=-1,
+    )
+
+
+def quats_to_rotmats(quats: np.ndarray) -> np.ndarray:
+    """(w, x, y, z) quaternions ``[N, 4]`` (any norm) -> rotation matrices ``[N, 3, 3]``."""
+    q = np.asarray(quats, dtype=np.float64)
+    norm = np.linalg.norm(q, axis=-1, keepdims=True)
+    q = q / np.where(norm > 1e-12, norm, 1.0)
+    w, x, y, z = np.moveaxis(q, -1, 0)
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+            np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+            np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        axis=-2,
+    )
+
+
+def rotmat_to_quat_wxyz(R: np.ndarray) -> np.ndarray:
+    """Rotation matrix -> (w, x, y, z) quaternion (Gaussian convention)."""
+    x, y, z, w = matrix_to_quat_xyzw(R)
+    return np.array([w, x, y, z])
+
+
+def split_similarity(world_from_scene: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """4x4 similarity ``x_w = s R x + t`` -> ``(s, R [3,3], t [3])``. Raises if it is not one."""
+    T = np.asarray(world_from_scene, dtype=np.float64)
+    if T.shape != (4, 4) or not np.isfinite(T).all():
+        raise ValueError("world_from_scene must be a finite 4x4 matrix")
+    A = T[:3, :3]
+    det = np.linalg.det(A)
+    if det <= 0:
+        raise ValueError("world_from_scene must preserve orientation (positive determinant)")
+    s = float(np.cbrt(det))
+    R = A / s
+    if not np.allclose(R @ R.T, np.eye(3), atol=SIMILARITY_ATOL) or not np.allclose(T[3], [0, 0, 0, 1]):
+        raise ValueError("world_from_scene is not a similarity transform (uniform scale, rotation, translation)")
+    return s, R, T[:3, 3].copy()
+
+
+def activate_scales(log_scales: ArrayT) -> ArrayT:
+    """Gaussian scales (metres) from the trainable ``log_scales``: ``exp``."""
+    return np.exp(log_scales) if isinstance(log_scales, np.ndarray) else log_scales.exp()
+
+
+def activate_opacities(logits: ArrayT) -> ArrayT:
+    """Gaussian opacities in 0..1 from the trainable ``opacity_logits``: the logistic sigmoid."""
+    if isinstance(logits, np.ndarray):
+        return 1.0 / (1.0 + np.exp(-logits))
+    return logits.sigmoid()

@@ -7,7 +7,6 @@ or a kill, the stage in flight resumes from its own checkpoints). ``--fresh`` ig
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 from .capture.format import Capture
 from .config import Config, digest, to_dict
 from .priors.stage import compute_priors, default_levels
-from .progress import json_mode
+from .progress import announce
 from .scene.build import build_query_index
 from .scene.layout import SCENE_FORMAT_VERSION, SceneDir
 from .semantics import train_field
@@ -57,10 +56,8 @@ def capture_digest(capture: Capture) -> str:
 
 
 def _announce(stage: str, message: str) -> None:
-    """A stage boundary, as a progress line (node) or a log line (terminal)."""
-    if json_mode():
-        print(json.dumps({"progress": 1, "stage": stage, "step": 0, "total": 0, "eta_s": None,
-                          "message": message}), flush=True)
+    """A stage boundary, as a progress line (node) and a log line."""
+    announce(stage, message)
     log.info("[%s] %s", stage, message)
 
 

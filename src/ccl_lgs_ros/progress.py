@@ -22,6 +22,28 @@ def json_mode() -> bool:
     return os.environ.get(ENV_VAR, "").lower() == "json"
 
 
+def progress_record(stage: str, step: int, total: int, eta_s: float | None, message: str,
+                    metrics: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The one format of a progress line (what :func:`parse_progress_line` reads back)."""
+    record: dict[str, Any] = {"progress": 1, "stage": stage, "step": step, "total": total,
+                              "eta_s": None if eta_s is None else round(eta_s, 1), "message": message}  # fmt: skip
+    if metrics:
+        record["metrics"] = {k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in metrics.items()}
+    return record
+
+
+def write_progress_line(record: dict[str, Any]) -> None:
+    """One JSON progress line on stdout, flushed (only in JSON mode; see :func:`json_mode`)."""
+    if json_mode():
+        sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
+
+
+def announce(stage: str, message: str) -> None:
+    """A stage boundary: a progress line with no steps (the node shows it as feedback)."""
+    write_progress_line(progress_record(stage, 0, 0, None, message))
+
+
 class Progress:
     """Progress of one stage. Use as a context manager; call :meth:`update`."""
 
@@ -68,12 +90,7 @@ class Progress:
         if not force and now - self._last_emit < self._min_interval and self.step < self.total:
             return
         self._last_emit = now
-        record = {"progress": 1, "stage": self.stage, "step": self.step, "total": self.total,
-                  "eta_s": None if self.eta_s is None else round(self.eta_s, 1), "message": message}
-        if postfix:
-            record["metrics"] = {k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in postfix.items()}
-        sys.stdout.write(json.dumps(record) + "\n")
-        sys.stdout.flush()
+        write_progress_line(progress_record(self.stage, self.step, self.total, self.eta_s, message, postfix))
 
     def close(self) -> None:
         self._emit("done", force=True)

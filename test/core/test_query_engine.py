@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from ccl_lgs_ros.config import QueryConfig
-from ccl_lgs_ros.geometry import matrix_to_quat_xyzw
+from ccl_lgs_ros.geometry import matrix_to_quat_xyzw, quats_to_rotmats
 from ccl_lgs_ros.query.engine import LevelCodes, QueryEngine, QueryError, SemanticIndex, relevance_table
-from ccl_lgs_ros.query.index import quats_to_rotmats
 from ccl_lgs_ros.query.synthetic import blob_scene
 
 GENERIC = ("object", "things", "stuff", "texture")

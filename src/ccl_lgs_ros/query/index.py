@@ -16,59 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..geometry import matrix_to_quat_xyzw
+from ..geometry import quat_multiply_wxyz, rotmat_to_quat_wxyz, split_similarity
 from ..io import atomic_save_npz, load_npz
 
 INDEX_FORMAT_VERSION = 1
 #: Zeroth-order spherical-harmonics constant: rgb = 0.5 + SH_C0 * f_dc.
 SH_C0 = 0.28209479177387814
-
-
-def quat_multiply_wxyz(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product ``a * b`` of (w, x, y, z) quaternions (broadcasting)."""
-    aw, ax, ay, az = np.moveaxis(np.asarray(a, dtype=np.float64), -1, 0)
-    bw, bx, by, bz = np.moveaxis(np.asarray(b, dtype=np.float64), -1, 0)
-    return np.stack(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ],
-        axis=-1,
-    )
-
-
-def quats_to_rotmats(quats: np.ndarray) -> np.ndarray:
-    """(w, x, y, z) quaternions ``[N, 4]`` (any norm) -> rotation matrices ``[N, 3, 3]``."""
-    q = np.asarray(quats, dtype=np.float64)
-    norm = np.linalg.norm(q, axis=-1, keepdims=True)
-    q = q / np.where(norm > 1e-12, norm, 1.0)
-    w, x, y, z = np.moveaxis(q, -1, 0)
-    return np.stack(
-        [
-            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-            np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-            np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-        ],
-        axis=-2,
-    )
-
-
-def split_similarity(world_from_scene: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """4x4 similarity ``x_w = s R x + t`` -> ``(s, R [3,3], t [3])``. Raises if it is not one."""
-    T = np.asarray(world_from_scene, dtype=np.float64)
-    if T.shape != (4, 4) or not np.isfinite(T).all():
-        raise ValueError("world_from_scene must be a finite 4x4 matrix")
-    A = T[:3, :3]
-    det = np.linalg.det(A)
-    if det <= 0:
-        raise ValueError("world_from_scene must preserve orientation (positive determinant)")
-    s = float(np.cbrt(det))
-    R = A / s
-    if not np.allclose(R @ R.T, np.eye(3), atol=1e-4) or not np.allclose(T[3], [0, 0, 0, 1]):
-        raise ValueError("world_from_scene is not a similarity transform (uniform scale, rotation, translation)")
-    return s, R, T[:3, 3].copy()
 
 
 @dataclass
@@ -190,9 +143,7 @@ class SemanticIndex:
         """
         s, R, t = split_similarity(world_from_scene)
         means_w = np.asarray(means, dtype=np.float64).reshape(-1, 3) @ (s * R).T + t
-        q_r = matrix_to_quat_xyzw(R)  # (x, y, z, w)
-        q_r_wxyz = np.array([q_r[3], q_r[0], q_r[1], q_r[2]])
-        quats_w = quat_multiply_wxyz(q_r_wxyz[None, :], np.asarray(quats, dtype=np.float64).reshape(-1, 4))
+        quats_w = quat_multiply_wxyz(rotmat_to_quat_wxyz(R)[None, :], np.asarray(quats, np.float64).reshape(-1, 4))
         return cls(
             means=means_w,
             quats=quats_w,

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry import box_corners
-from .index import quats_to_rotmats
+from ..geometry import box_corners, quats_to_rotmats
 
 #: Samples are drawn within this many standard deviations of a Gaussian's centre.
 SAMPLE_SIGMAS = 2.0

@@ -33,7 +33,7 @@ from ..capture import image_codec
 from ..capture.camera_model import Distortion, intrinsics_from_camera_info
 from ..capture.format import Intrinsics
 from ..capture.pose_sync import camera_c2w_gl, check_pose
-from ..geometry import matrix_to_quat_xyzw, pose_to_matrix
+from ..geometry import matrix_to_quat_xyzw, pose_to_matrix, quat_multiply_wxyz, rotmat_to_quat_wxyz
 
 try:  # cv_bridge is part of every system ROS 2, not of the index's wheels
     from cv_bridge import CvBridge as _CvBridge
@@ -340,19 +340,7 @@ def _transform_quats_wxyz(R: np.ndarray, quats: np.ndarray) -> np.ndarray:
     """Rotate Gaussian orientations (wxyz) by ``R``: q' = q_R * q."""
     if quats.shape[0] == 0:
         return quats.astype(np.float32)
-    x, y, z, w = matrix_to_quat_xyzw(R)
-    a = np.array([w, x, y, z])
-    b = np.asarray(quats, dtype=np.float64)
-    out = np.stack(
-        [
-            a[0] * b[:, 0] - a[1] * b[:, 1] - a[2] * b[:, 2] - a[3] * b[:, 3],
-            a[0] * b[:, 1] + a[1] * b[:, 0] + a[2] * b[:, 3] - a[3] * b[:, 2],
-            a[0] * b[:, 2] - a[1] * b[:, 3] + a[2] * b[:, 0] + a[3] * b[:, 1],
-            a[0] * b[:, 3] + a[1] * b[:, 2] - a[2] * b[:, 1] + a[3] * b[:, 0],
-        ],
-        axis=1,
-    )
-    return out.astype(np.float32)
+    return quat_multiply_wxyz(rotmat_to_quat_wxyz(R), np.asarray(quats, dtype=np.float64)).astype(np.float32)
 
 
 def _apply(T: np.ndarray | None, pts: np.ndarray) -> np.ndarray:

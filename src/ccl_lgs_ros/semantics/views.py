@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..capture.format import Capture
-from ..geometry import opengl_c2w_to_viewmat, transform_points
+from ..geometry import activate_opacities, activate_scales, opengl_c2w_to_viewmat, transform_points
 from ..io import load_npz
 from ..priors.types import FramePriors
 from ..splat.render import rasterize
@@ -43,8 +43,8 @@ class FrozenGaussians:
             return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device)
 
         if "log_scales" in arrays:
-            scales = torch.exp(t(arrays["log_scales"]))
-            opac = torch.sigmoid(t(arrays["opacity_logits"]))
+            scales = activate_scales(t(arrays["log_scales"]))
+            opac = activate_opacities(t(arrays["opacity_logits"]))
         else:
             scales, opac = t(arrays["scales"]), t(arrays["opacities"])
         return FrozenGaussians(t(arrays["means"]), t(arrays["quats"]), scales, opac.reshape(-1))

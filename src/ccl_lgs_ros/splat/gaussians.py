@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..geometry import activate_opacities, activate_scales
 from ..io import atomic_save_npz, load_npz, read_json
 from .project import _SH_C0, num_sh_bases
 
@@ -123,11 +124,11 @@ class GaussianModel(nn.Module):
 
     @property
     def scales(self) -> Tensor:
-        return torch.exp(self.params["scales"])
+        return activate_scales(self.params["scales"])
 
     @property
     def opacities(self) -> Tensor:
-        return torch.sigmoid(self.params["opacities"])
+        return activate_opacities(self.params["opacities"])
 
     @property
     def sh(self) -> Tensor:

@@ -24,38 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..geometry import matrix_to_quat_xyzw
+from ..geometry import activate_opacities, quat_multiply_wxyz, rotmat_to_quat_wxyz, split_similarity
 from ..io import atomic_write_bytes
 from .gaussians import GaussianModel, sh0_to_rgb
 from .project import sh_degree_from_bases
-
-
-def _decompose_similarity(world_from_scene: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    T = np.asarray(world_from_scene, dtype=np.float64)
-    A = T[:3, :3]
-    scale = float(np.cbrt(np.linalg.det(A)))
-    if scale <= 0:
-        raise ValueError("world_from_scene must be a similarity with positive scale")
-    R = A / scale
-    if not np.allclose(R @ R.T, np.eye(3), atol=1e-6):
-        raise ValueError("world_from_scene is not a similarity (rotation x uniform scale + translation)")
-    return scale, R, T[:3, 3]
-
-
-def _rotmat_to_quat_wxyz(R: np.ndarray) -> np.ndarray:
-    x, y, z, w = matrix_to_quat_xyzw(R)
-    return np.array([w, x, y, z])
-
-
-def _quat_mul_wxyz(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    aw, ax, ay, az = np.moveaxis(np.broadcast_to(a, b.shape), -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], axis=-1)  # fmt: skip
 
 
 def world_arrays(model: GaussianModel, world_from_scene: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -65,11 +37,11 @@ def world_arrays(model: GaussianModel, world_from_scene: np.ndarray | None = Non
     quats = raw["quats"].astype(np.float64)
     log_scales = raw["log_scales"].astype(np.float64)
     if world_from_scene is not None:
-        scale, R, t = _decompose_similarity(world_from_scene)
+        scale, R, t = split_similarity(world_from_scene)
         means = scale * means @ R.T + t
         log_scales = log_scales + np.log(scale)
         if not np.allclose(R, np.eye(3)):
-            quats = _quat_mul_wxyz(_rotmat_to_quat_wxyz(R), quats)
+            quats = quat_multiply_wxyz(rotmat_to_quat_wxyz(R), quats)
     return {
         "means": means.astype(np.float32),
         "quats": quats.astype(np.float32),
@@ -162,7 +134,7 @@ def export_point_cloud_ply(
 ) -> int:
     """Write Gaussian centres as a coloured point cloud (world frame). Returns the point count."""
     w = world_arrays(model, world_from_scene)
-    keep = 1.0 / (1.0 + np.exp(-w["opacity_logits"].astype(np.float64))) >= min_opacity
+    keep = activate_opacities(w["opacity_logits"].astype(np.float64)) >= min_opacity
     pts = w["means"][keep]
     rgb = (np.clip(sh0_to_rgb(w["sh0"][keep, 0, :]), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     vertex = np.empty(len(pts), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"),
