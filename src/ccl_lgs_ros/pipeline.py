@@ -14,11 +14,12 @@ from typing import Any
 
 from .capture.format import Capture
 from .config import Config, digest, to_dict
-from .priors.stage import compute_priors, default_levels
+from .priors.stage import compute_priors
 from .progress import announce
 from .scene.build import build_query_index
 from .scene.layout import SCENE_FORMAT_VERSION, SceneDir
 from .semantics import train_field
+from .semantics.methods import field_method
 from .splat.trainer import train_rgb
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def train(capture_path: str | Path, scene_dir: str | Path, cfg: Config, stages: 
         return record
 
     # -- 2. 2D priors -----------------------------------------------------------------------
-    levels = default_levels(cfg)
+    levels = field_method(cfg).prior_levels(cfg)
     if not finished("priors"):
         _announce("priors", f"2D priors ({cfg.priors.backend}) for levels {list(levels)}")
         t0 = time.monotonic()

@@ -15,6 +15,7 @@ from ccl_lgs_ros.config import PRESETS, Config
 from ccl_lgs_ros.geometry import transform_points
 from ccl_lgs_ros.io import atomic_write_json
 from ccl_lgs_ros.priors.stage import compute_priors
+from ccl_lgs_ros.semantics.methods import field_method
 from ccl_lgs_ros.splat.data import camera_centers, read_ply_points, scene_normalization
 from ccl_lgs_ros.splat.gaussians import GaussianModel
 from ccl_lgs_ros.synth import generate_scene
@@ -41,7 +42,7 @@ def make_scene(root: Path, cfg: Config, seed: int = 3, num_frames: int = 12, wid
     """``root/capture`` (synthetic) and ``root/scene`` with ``rgb/`` and ``priors/`` filled."""
     capture = generate_scene(root / "capture", seed=seed, width=width, height=height, num_frames=num_frames)
     scene = root / "scene"
-    compute_priors(capture, cfg, scene / "priors", "cpu", progress=False)
+    compute_priors(capture, cfg, scene / "priors", "cpu", levels=field_method(cfg).prior_levels(cfg), progress=False)
     pts = np.concatenate([read_ply_points(capture.root / inst["gt_points"])[0] for inst in capture.instances])
     rng = np.random.default_rng(seed)
     pts = pts[rng.choice(len(pts), size=min(n_gaussians, len(pts)), replace=False)]

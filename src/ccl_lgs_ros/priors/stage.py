@@ -20,7 +20,7 @@ from ..capture.format import Capture
 from ..config import Config
 from ..progress import Progress
 from . import cache
-from .types import CCL_LEVELS, GAGS_LEVELS, FramePriors, PriorsBackend, TextEncoder
+from .types import CCL_LEVELS, FramePriors, PriorsBackend, TextEncoder
 
 #: Priors settings that only change association (changing them keeps the per-frame cache).
 ASSOCIATION_KEYS = ("association_iou", "reseed", "association_max_objects")
@@ -32,11 +32,9 @@ class PriorsError(RuntimeError):
 
 
 def default_levels(cfg: Config) -> tuple[str, ...]:
-    """Levels the configured method needs: GAGS distils the three raw granularities."""
-    if cfg.field.method == "gags":
-        return GAGS_LEVELS
-    levels = tuple(cfg.field.levels) if cfg.field.levels else CCL_LEVELS
-    return levels
+    """The configured field levels (``sp``/``wp`` by default). A field method that needs other
+    levels says so (``semantics.methods.FieldMethod.prior_levels``) and the pipeline passes them."""
+    return tuple(cfg.field.levels) if cfg.field.levels else CCL_LEVELS
 
 
 def build_backend(cfg: Config, device: str) -> PriorsBackend:
@@ -109,8 +107,8 @@ def compute_priors(
         cfg: configuration; ``cfg.priors.backend`` picks the real models or the simulator.
         out_dir: the cache folder (``SCENE/priors``); created if needed.
         device: torch device of the real backend ("cpu", "cuda", "cuda:1").
-        levels: mask levels; default from the method (``sp``/``wp`` for CCL-LGS,
-            ``s``/``p``/``w`` for GAGS).
+        levels: mask levels; default :func:`default_levels` (the pipeline passes the field
+            method's, e.g. ``s``/``p``/``w`` for GAGS).
         progress: show / emit progress.
 
     Returns:

@@ -13,14 +13,12 @@ import numpy as np
 
 from ..capture.format import Capture
 from ..config import Config
-from ..io import load_npz
 from ..priors.stage import load_priors
 from ..query.index import LevelCodes, SemanticIndex
 from ..query.lift import lift_labels
-from ..semantics.field import split_by_counts
+from ..semantics.methods import field_method
 from ..semantics.model import SemanticField, gaussian_code_probs
-from ..semantics.relevance import pixel_codes, render_field
-from ..semantics.views import FrozenGaussians, supervised_views
+from ..semantics.views import FrozenGaussians
 from ..splat.data import split_indices
 from ..splat.gaussians import GaussianModel
 from .layout import SceneDir
@@ -28,49 +26,24 @@ from .layout import SceneDir
 
 def _lifted_codes(scene: SceneDir, capture: Capture, cfg: Config, field: SemanticField, device: str) -> dict[str, Any]:
     """Per level, each Gaussian's code voted from 2D index maps of the training views through its
-    rendering weights (:func:`~ccl_lgs_ros.query.lift.lift_labels`).
-
-    CCL-LGS votes its own targets, the codebook's per-mask codes. The ``gags`` and ``cgc``
-    variants have no per-mask codes: they vote the field's own rendered pixel codes (the codes
-    its 2D relevance reads), on the pixels a SAM mask of the level covers. Each Gaussian then
-    takes what the views it appears in say, instead of what its single feature decodes to."""
-    levels = list(field.levels)
+    rendering weights (:func:`~ccl_lgs_ros.query.lift.lift_labels`). Which maps is the field
+    method's choice (:meth:`~ccl_lgs_ros.semantics.methods.FieldMethod.lift_maps`); each
+    Gaussian then takes what the views it appears in say, instead of what its single feature
+    decodes to."""
     priors, _ = load_priors(scene.priors_dir)
-    n = len(priors)
     train_idx, _ = split_indices(len(capture.frames), cfg.rgb.holdout_every)
-    sfw = scene.scene_from_world()
     g = FrozenGaussians.load(scene.gaussians, device)
-    maps: dict[str, list[np.ndarray]] = {}
-    cams: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    if cfg.field.method == "ccl":
-        arrays = load_npz(scene.codebook)
-        num_codes = {lv: int(arrays[f"codebook.{lv}"].shape[0]) for lv in levels}
-        codes = {lv: split_by_counts(arrays[f"codes.{lv}"], arrays[f"counts.{lv}"], n) for lv in levels}
-        for v in supervised_views(capture, priors, train_idx, sfw, levels, codes, "cpu"):
-            for lv, target in v.targets.items():
-                maps.setdefault(lv, []).append(target.numpy())
-                cams.setdefault(lv, []).append((v.viewmat.numpy(), v.K.numpy()))
-    else:
-        num_codes = {lv: int(field.codebooks[lv].shape[0]) for lv in levels}
-        prior_levels = sorted({lv for fp in priors for lv in fp.levels})
-        for v in supervised_views(capture, priors, train_idx, sfw, prior_levels, None, device):
-            rendered = render_field(field, g, [v], cfg.rgb.backend)
-            for lv in levels:
-                # The level's own masks (cgc: sp / wp); GAGS' single field: any level's masks.
-                masks = [v.masks[lv]] if lv in v.masks else list(v.masks.values())
-                covered = np.logical_or.reduce([m.cpu().numpy() >= 0 for m in masks])
-                if not covered.any():
-                    continue
-                maps.setdefault(lv, []).append(np.where(covered, pixel_codes(field, lv, rendered[lv])[0], -1))
-                cams.setdefault(lv, []).append((v.viewmat.cpu().numpy(), v.K.cpu().numpy()))
+    maps, num_codes = field_method(cfg).lift_maps(field, capture, priors, train_idx, scene.scene_from_world(), g,
+                                                  scene.codebook, cfg, device)  # fmt: skip
     out = {}
-    for lv in levels:
-        if not maps.get(lv):
+    for lv in field.levels:
+        if not maps.get(lv) or not maps[lv][0]:
             continue
+        index_maps, cams = maps[lv]
         out[lv] = lift_labels(
-            g.means, g.quats, g.scales, g.opacities, np.stack([c[0] for c in cams[lv]]),
-            np.stack([c[1] for c in cams[lv]]), maps[lv], num_codes[lv], backend=cfg.rgb.backend, device=device,
-        )
+            g.means, g.quats, g.scales, g.opacities, np.stack([c[0] for c in cams]), np.stack([c[1] for c in cams]),
+            index_maps, num_codes[lv], backend=cfg.rgb.backend, device=device,
+        )  # fmt: skip
     return out
 
 

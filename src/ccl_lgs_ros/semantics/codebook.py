@@ -263,3 +263,9 @@ def train_codebooks(
 ) -> dict[str, LevelCodebook]:
     """:func:`train_codebook` for each level."""
     return {level: train_codebook(frames, level, n_codes, iterations, **kw) for level in levels}
+
+
+def split_by_counts(flat: np.ndarray, counts: np.ndarray, n: int) -> list[np.ndarray]:
+    """Per-frame arrays back from their concatenation and per-frame lengths."""
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return [flat[bounds[i] : bounds[i + 1]] for i in range(n)]

@@ -12,8 +12,8 @@ and the priors cache ``SCENE/priors/``, and writes to ``SCENE/field/``:
   returns the recorded metrics without training.
 
 Training uses the RGB stage's training split (``rgb.holdout_every``) so held-out views stay
-unseen by every stage. Methods: ``ccl`` (:class:`~.training.CCLObjective`), ``gags`` and ``cgc``
-(:mod:`.variants`).
+unseen by every stage. What differs between methods (``ccl``, ``gags``, ``cgc``) is behind one
+protocol in :mod:`.methods`, picked once from ``field.method``.
 """
 
 from __future__ import annotations
@@ -28,94 +28,33 @@ import torch
 
 from ..capture.format import Capture
 from ..config import Config, digest
-from ..io import atomic_save_npz, atomic_write_json, load_npz, read_json
+from ..io import atomic_write_json, read_json
 from ..priors.stage import load_priors
 from ..priors.types import FramePriors
 from ..progress import Progress
 from ..scene.layout import SceneDir
 from ..splat.data import split_indices
-from .codebook import LevelCodebook, train_codebook
-from .model import GAGS_LEVEL, SemanticField, gaussian_code_probs
-from .training import CCLObjective, optimise
-from .variants import CGCObjective, GAGSObjective
+from .methods import field_method
+from .model import SemanticField, gaussian_code_probs
+from .training import optimise
 from .views import FrozenGaussians, supervised_views
 
 FIELD_STAGE_VERSION = 1
-#: CGC's spatial regulariser is part of the method; this weight applies when the config leaves it at 0.
-CGC_DEFAULT_SPATIAL = 0.1
 
 
 def field_levels(cfg: Config, priors: list[FramePriors]) -> list[str]:
-    """Levels to train: the configured ones present in the priors (GAGS: every priors level)."""
+    """Levels to train: the method's choice among the levels present in the priors."""
     present: list[str] = []
     for fp in priors:
         for lv in fp.levels:
             if lv not in present:
                 present.append(lv)
-    if cfg.field.method == "gags":
-        return present
-    wanted = [lv for lv in cfg.field.levels if lv in present]
-    if not wanted:
-        raise ValueError(f"none of the field levels {cfg.field.levels} is in the priors (have {present})")
-    return wanted
+    return field_method(cfg).train_levels(cfg, present)
 
 
 def _file_stamp(path: Path) -> list[int]:
     st = path.stat()
     return [int(st.st_size), int(st.st_mtime_ns)]
-
-
-def _codebook_settings(cfg: Config, priors_meta: dict[str, Any], levels: list[str]) -> str:
-    f = cfg.field
-    keys = ("codebook_size", "codebook_iterations", "codebook_lr", "lambda_pull", "lambda_push", "push_margin",
-            "codebook_frames_per_batch", "seed")  # fmt: skip
-    return digest({
-        "version": FIELD_STAGE_VERSION, "levels": levels, **{k: getattr(f, k) for k in keys},
-        "priors": [priors_meta.get(k) for k in ("frame_settings", "assoc_settings", "inputs_digest")],
-    })  # fmt: skip
-
-
-def run_codebook_stage(
-    path: Path, priors: list[FramePriors], levels: list[str], cfg: Config, settings: str, device: str,
-    progress: bool = True,
-) -> dict[str, LevelCodebook]:  # fmt: skip
-    """Learn (or reload) the codebook of every level, cached in ``path`` (``SceneDir.codebook``)."""
-    if path.is_file():
-        cached = load_npz(path)
-        if str(cached.get("settings", "")) == settings:
-            n = len(priors)
-            return {
-                lv: LevelCodebook(
-                    cached[f"codebook.{lv}"], split_by_counts(cached[f"codes.{lv}"], cached[f"counts.{lv}"], n)
-                )
-                for lv in levels
-            }
-    f = cfg.field
-    result: dict[str, LevelCodebook] = {}
-    total = max(1, f.codebook_iterations * len(levels))
-    with Progress(stage="codebook", total=total, disable=not progress) as bar:
-        for lv in levels:
-            result[lv] = train_codebook(
-                priors, lv, f.codebook_size, f.codebook_iterations, lr=f.codebook_lr, lambda_pull=f.lambda_pull,
-                lambda_push=f.lambda_push, margin=f.push_margin, frames_per_batch=f.codebook_frames_per_batch,
-                seed=f.seed, device=device,
-                on_step=lambda s, losses, lv=lv: bar.update(  # type: ignore[misc]
-                    1, message=lv, l_max=round(float(losses.max.detach()), 4)
-                ),
-            )  # fmt: skip
-    arrays: dict[str, np.ndarray] = {"settings": np.asarray(settings), "levels": np.asarray(levels)}
-    for lv, cb in result.items():
-        arrays[f"codebook.{lv}"] = cb.codebook
-        arrays[f"codes.{lv}"] = np.concatenate([c.astype(np.int32) for c in cb.mask_codes])
-        arrays[f"counts.{lv}"] = np.asarray([len(c) for c in cb.mask_codes], dtype=np.int64)
-    atomic_save_npz(path, arrays)
-    return result
-
-
-def split_by_counts(flat: np.ndarray, counts: np.ndarray, n: int) -> list[np.ndarray]:
-    """Per-frame arrays back from their concatenation and per-frame lengths."""
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    return [flat[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 
 def train_field(scene_dir: Path, capture: Capture, cfg: Config, device: str, progress: bool = True) -> dict:
@@ -158,29 +97,11 @@ def train_field(scene_dir: Path, capture: Capture, cfg: Config, device: str, pro
     train_idx, _ = split_indices(len(capture.frames), cfg.rgb.holdout_every)
     backend = cfg.rgb.backend
 
-    codes = None
-    codebooks: dict[str, LevelCodebook] = {}
-    if f.method == "ccl":
-        codebooks = run_codebook_stage(scene.codebook, priors, levels, cfg, _codebook_settings(cfg, meta, levels),
-                                       device, progress)  # fmt: skip
-        codes = {lv: cb.mask_codes for lv, cb in codebooks.items()}
+    method = field_method(cfg)
+    codebooks = method.codebooks(scene.codebook, priors, meta, levels, cfg, device, progress)
+    codes = {lv: cb.mask_codes for lv, cb in codebooks.items()} or None
     views = supervised_views(capture, priors, train_idx, scene_from_world, levels, codes, device)
-
-    if f.method == "ccl":
-        objective: Any = CCLObjective(len(gaussians), levels, {lv: cb.codebook for lv, cb in codebooks.items()},
-                                      f.feature_dim, seed=f.seed, device=device)  # fmt: skip
-        spatial = f.spatial_lambda
-    else:
-        dim = int(next(v.mask_features[lv] for v in views for lv in v.mask_features).shape[1])
-        if f.method == "gags":
-            objective = GAGSObjective(len(gaussians), levels, dim, f.feature_dim, f.codebook_size,
-                                      entropy=f.gags_entropy, consistency=f.gags_consistency, seed=f.seed,
-                                      device=device)  # fmt: skip
-            spatial = f.spatial_lambda
-        else:
-            objective = CGCObjective(len(gaussians), levels, f.feature_dim, f.codebook_size, seed=f.seed,
-                                     device=device)  # fmt: skip
-            spatial = f.spatial_lambda if f.spatial_lambda > 0 else CGC_DEFAULT_SPATIAL
+    objective, spatial = method.objective(len(gaussians), levels, views, codebooks, cfg, device)
 
     ckpt = out_dir / "ckpt.npz"
     with Progress(stage="field", total=max(1, f.iterations), disable=not progress) as bar:
@@ -198,7 +119,7 @@ def train_field(scene_dir: Path, capture: Capture, cfg: Config, device: str, pro
     history = run["history"]
     metrics: dict[str, Any] = {
         "method": f.method,
-        "levels": field.levels if f.method != "gags" else [GAGS_LEVEL],
+        "levels": method.reported_levels(field),
         "n_gaussians": len(gaussians),
         "train_views": len(views),
         "steps": f.iterations,

@@ -23,10 +23,10 @@ import torch
 from ..capture.format import Capture, write_image
 from ..priors.stage import build_text_encoder
 from ..priors.types import TextEncoder
-from ..relevance import lerf_relevance
 from ..scene.layout import SceneDir
+from .methods import field_method
 from .model import SemanticField
-from .views import FieldView, FrozenGaussians, camera_view, render_features
+from .views import FrozenGaussians, camera_view, pixel_codes, render_field
 
 #: Box-filter size of the LERF-OVS smoothing (pixels).
 SMOOTH_SIZE = 30
@@ -49,27 +49,6 @@ def pick_level(maps: dict[str, np.ndarray], size: int = SMOOTH_SIZE) -> str:
 
 
 @torch.no_grad()
-def render_field(
-    field: SemanticField, gaussians: FrozenGaussians, views: Sequence[FieldView], backend: str = "auto"
-) -> dict[str, torch.Tensor]:
-    """Rendered features per level ``[B, H, W, d_f]`` (all levels in one rasterization)."""
-    feats = [torch.as_tensor(field.features[lv], dtype=torch.float32, device=gaussians.means.device)
-             for lv in field.levels]  # fmt: skip
-    out = render_features(gaussians, torch.cat(feats, dim=1), views, backend)
-    maps, start = {}, 0
-    for lv, f in zip(field.levels, feats):
-        maps[lv] = out[..., start : start + f.shape[1]]
-        start += f.shape[1]
-    return maps
-
-
-@torch.no_grad()
-def pixel_codes(field: SemanticField, level: str, rendered: torch.Tensor) -> np.ndarray:
-    """Codebook index per pixel ``int64 [..., H, W]`` of rendered features ``[..., H, W, d_f]``."""
-    return field.logits(level, rendered.cpu()).argmax(-1).numpy()
-
-
-@torch.no_grad()
 def relevance_maps(
     field: SemanticField,
     rendered: dict[str, torch.Tensor],  # level -> [B, H, W, d_f]
@@ -77,21 +56,11 @@ def relevance_maps(
     negative_embeddings: np.ndarray,  # [K, D] unit
     temperature: float,
 ) -> dict[str, np.ndarray]:
-    """Relevance per level: ``float32 [B, Q, H, W]``."""
-    out = {}
+    """Relevance per level: ``float32 [B, Q, H, W]`` (how pixels read the field: the field's method)."""
     queries = np.asarray(text_embeddings, dtype=np.float32).reshape(-1, field.dim)
-    for lv, feats in rendered.items():
-        b, h, w = feats.shape[:3]
-        if field.method == "gags":
-            vec = field.vectors(lv, feats.cpu()).reshape(-1, field.dim).numpy()
-            rel = np.stack([lerf_relevance(vec, q, negative_embeddings, temperature) for q in queries])  # [Q, BHW]
-            out[lv] = rel.reshape(len(queries), b, h, w).transpose(1, 0, 2, 3)
-        else:
-            codes = pixel_codes(field, lv, feats)  # [B, H, W]
-            tables = np.stack([lerf_relevance(field.codebooks[lv], q, negative_embeddings, temperature)
-                               for q in queries])  # fmt: skip
-            out[lv] = tables[:, codes].transpose(1, 0, 2, 3)  # [B, Q, H, W]
-    return out
+    method = field_method(field.method)
+    return {lv: method.pixel_relevance(field, lv, feats, queries, negative_embeddings, temperature)
+            for lv, feats in rendered.items()}  # fmt: skip
 
 
 def heatmap_image(relevance: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from ..geometry import activate_opacities, activate_scales, opengl_c2w_to_viewma
 from ..io import load_npz
 from ..priors.types import FramePriors
 from ..splat.render import rasterize
+from .model import SemanticField
 
 
 @dataclass
@@ -166,3 +167,24 @@ def group_by_size(views: Sequence[FieldView]) -> list[list[FieldView]]:
     for v in views:
         groups.setdefault((v.height, v.width), []).append(v)
     return list(groups.values())
+
+
+@torch.no_grad()
+def render_field(
+    field: SemanticField, gaussians: FrozenGaussians, views: Sequence[FieldView], backend: str = "auto"
+) -> dict[str, torch.Tensor]:
+    """Rendered features per level ``[B, H, W, d_f]`` (all levels in one rasterization)."""
+    feats = [torch.as_tensor(field.features[lv], dtype=torch.float32, device=gaussians.means.device)
+             for lv in field.levels]  # fmt: skip
+    out = render_features(gaussians, torch.cat(feats, dim=1), views, backend)
+    maps, start = {}, 0
+    for lv, f in zip(field.levels, feats):
+        maps[lv] = out[..., start : start + f.shape[1]]
+        start += f.shape[1]
+    return maps
+
+
+@torch.no_grad()
+def pixel_codes(field: SemanticField, level: str, rendered: torch.Tensor) -> np.ndarray:
+    """Codebook index per pixel ``int64 [..., H, W]`` of rendered features ``[..., H, W, d_f]``."""
+    return field.logits(level, rendered.cpu()).argmax(-1).numpy()

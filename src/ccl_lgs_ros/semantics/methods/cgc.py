@@ -1,0 +1,58 @@
+"""CGC (contrastive Gaussian clustering, :class:`~..variants.CGCObjective`): per-level unit features
+clustered into a codebook; pixels read relevance through their nearest centroid's code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...capture.format import Capture
+from ...config import Config
+from ...priors.types import CCL_LEVELS, FramePriors
+from ..codebook import LevelCodebook
+from ..model import SemanticField
+from ..training import FieldObjective
+from ..variants import CGCObjective
+from ..views import FieldView, FrozenGaussians
+from .base import LiftMaps
+from .ccl import codes_relevance
+from .gags import rendered_code_maps
+
+#: CGC's spatial regulariser is part of the method; this weight applies when the config leaves it at 0.
+CGC_DEFAULT_SPATIAL = 0.1
+
+
+class CGC:
+    name = "cgc"
+
+    def prior_levels(self, cfg: Config) -> tuple[str, ...]:
+        return tuple(cfg.field.levels) if cfg.field.levels else CCL_LEVELS
+
+    def train_levels(self, cfg: Config, present: list[str]) -> list[str]:
+        wanted = [lv for lv in cfg.field.levels if lv in present]
+        if not wanted:
+            raise ValueError(f"none of the field levels {cfg.field.levels} is in the priors (have {present})")
+        return wanted
+
+    def codebooks(self, codebook_path: Path, priors: list[FramePriors], meta: dict[str, Any], levels: list[str],
+                  cfg: Config, device: str, progress: bool) -> dict[str, LevelCodebook]:  # fmt: skip
+        return {}
+
+    def objective(self, n_gaussians: int, levels: list[str], views: list[FieldView],
+                  codebooks: dict[str, LevelCodebook], cfg: Config,
+                  device: str) -> tuple[FieldObjective, float]:  # fmt: skip
+        f = cfg.field
+        obj = CGCObjective(n_gaussians, levels, f.feature_dim, f.codebook_size, seed=f.seed, device=device)
+        return obj, f.spatial_lambda if f.spatial_lambda > 0 else CGC_DEFAULT_SPATIAL
+
+    def reported_levels(self, field: SemanticField) -> list[str]:
+        return field.levels
+
+    pixel_relevance = staticmethod(codes_relevance)
+
+    def lift_maps(self, field: SemanticField, capture: Capture, priors: list[FramePriors], train_idx: list[int],
+                  scene_from_world: np.ndarray, gaussians: FrozenGaussians, codebook_path: Path, cfg: Config,
+                  device: str) -> tuple[LiftMaps, dict[str, int]]:  # fmt: skip
+        return rendered_code_maps(field, capture, priors, train_idx, scene_from_world, gaussians, cfg, device)
