@@ -108,9 +108,10 @@ def main() -> int:
     args = p.parse_args()
 
     from ccl_lgs_ros.config import load_config
-    from ccl_lgs_ros.priors.simulator import SimulatorBackend, mask_readouts, readout_accuracy
+    from ccl_lgs_ros.eval.priors_metrics import mask_readouts, readout_accuracy
+    from ccl_lgs_ros.priors.simulator import SimulatorBackend
     from ccl_lgs_ros.semantics.codebook import train_codebook
-    from ccl_lgs_ros.synth import generate_scene
+    from ccl_lgs_ros.testing.synth import generate_scene
 
     host = machine()
     work = Path(tempfile.mkdtemp(prefix="ccl_bench_codebook_"))

@@ -60,7 +60,7 @@ def run_one(seed: int, variant: str, args: argparse.Namespace, work: Path, corru
     from ccl_lgs_ros.config import load_config, parse_assignments
     from ccl_lgs_ros.eval.synthetic import evaluate_synthetic
     from ccl_lgs_ros.pipeline import train
-    from ccl_lgs_ros.synth import generate_scene
+    from ccl_lgs_ros.testing.synth import generate_scene
 
     cap_dir = work / f"capture_{seed}"
     if not cap_dir.exists():

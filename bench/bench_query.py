@@ -1,6 +1,6 @@
 """Benchmark of the 3D query engine: latency vs Gaussian count, cold time, index memory.
 
-Synthetic scenes (``ccl_lgs_ros.query.synthetic.blob_scene``): objects on a grid over a floor,
+Synthetic scenes (``ccl_lgs_ros.testing.blobs.blob_scene``): objects on a grid over a floor,
 ``--labels`` labels shared round-robin by ``--objects`` objects, so one query selects
 ``objects / labels`` instances. Latency is measured with the text embedding cached (the ROS
 service's steady state) and clustering included; the cold time adds the text encoder's call.
@@ -28,7 +28,7 @@ from ccl_lgs_ros.config import QueryConfig
 from ccl_lgs_ros.io import atomic_write_bytes, atomic_write_json
 from ccl_lgs_ros.query.cluster import dbscan_open3d, kdtree_components
 from ccl_lgs_ros.query.engine import QueryEngine
-from ccl_lgs_ros.query.synthetic import blob_scene
+from ccl_lgs_ros.testing.blobs import blob_scene
 
 GENERIC = ("object", "things", "stuff", "texture")
 

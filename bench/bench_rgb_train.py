@@ -29,8 +29,8 @@ from _rss import proc_status_kb, reset_peak_rss
 from ccl_lgs_ros.capture.format import Capture
 from ccl_lgs_ros.config import Config, set_value
 from ccl_lgs_ros.io import atomic_write_json
-from ccl_lgs_ros.splat.toy import make_toy_capture
 from ccl_lgs_ros.splat.trainer import train_rgb
+from ccl_lgs_ros.testing.toy import make_toy_capture
 
 
 def machine(device: str) -> dict:

@@ -79,7 +79,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import generate_scene
+    from .testing.synth import generate_scene
 
     capture = generate_scene(args.out, seed=args.seed, width=args.width, height=args.height,
                              num_frames=args.frames, num_objects=args.objects)

@@ -18,7 +18,7 @@ from ccl_lgs_ros.priors.stage import compute_priors
 from ccl_lgs_ros.semantics.methods import field_method
 from ccl_lgs_ros.splat.data import camera_centers, read_ply_points, scene_normalization
 from ccl_lgs_ros.splat.gaussians import GaussianModel
-from ccl_lgs_ros.synth import generate_scene
+from ccl_lgs_ros.testing.synth import generate_scene
 
 
 def tiny_cfg(method: str = "ccl", iterations: int = 150) -> Config:

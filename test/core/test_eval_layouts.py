@@ -2,7 +2,7 @@
 
 A tiny synthetic scene is trained through the real pipeline (RGB on CPU, simulator priors, field,
 query index); its ground truth is written in LangSplat's ``label/<scene>/frame_XXXXX.{json,jpg}``
-layout by :func:`ccl_lgs_ros.synth.eval_layouts.write_lerf_ovs_labels`; then the command line runs
+layout by :func:`ccl_lgs_ros.testing.synth.eval_layouts.write_lerf_ovs_labels`; then the command line runs
 ``--protocol lerf-ovs`` and ``--protocol 3d`` (LERF labels and synthetic GT) on it.
 """
 
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ccl_lgs_ros.synth import generate_scene
 
 from ccl_lgs_ros.capture.format import Capture
 from ccl_lgs_ros.cli import main
 from ccl_lgs_ros.config import load_config
 from ccl_lgs_ros.io import read_json
-from ccl_lgs_ros.synth import generate_scene
-from ccl_lgs_ros.synth.eval_layouts import write_lerf_ovs_labels
+from ccl_lgs_ros.testing.synth.eval_layouts import write_lerf_ovs_labels
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ def test_eval_lerf_ovs_and_3d_on_the_langsplat_layout(trained, tmp_path: Path, c
 
 
 def test_eval_3d_ovs_on_its_layout(trained, tmp_path: Path, capsys) -> None:
-    from ccl_lgs_ros.synth.eval_layouts import write_3d_ovs_labels
+    from ccl_lgs_ros.testing.synth.eval_layouts import write_3d_ovs_labels
 
     scene, capture = trained
     seg = write_3d_ovs_labels(capture, tmp_path / "ovs", frames=[0, 4])

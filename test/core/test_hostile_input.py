@@ -221,7 +221,7 @@ def _scene(dest: Path, encoder_spec: object = None, n: int = 400) -> Path:
     from ccl_lgs_ros.config import Config, to_dict
     from ccl_lgs_ros.io import atomic_write_json
     from ccl_lgs_ros.priors.simulator import SimulatedTextEncoder
-    from ccl_lgs_ros.query.synthetic import blob_scene
+    from ccl_lgs_ros.testing.blobs import blob_scene
     from ccl_lgs_ros.scene.layout import SCENE_FORMAT_VERSION, SceneDir
 
     enc = SimulatedTextEncoder(dim=16, seed=0)

@@ -7,18 +7,11 @@ import pytest
 
 from ccl_lgs_ros.capture.format import Capture
 from ccl_lgs_ros.config import Config
-from ccl_lgs_ros.priors.simulator import (
-    ALL_LEVELS,
-    SimulatedTextEncoder,
-    SimulatorBackend,
-    identity_switch_rate,
-    mask_inconsistency,
-    mask_objects,
-    readout_accuracy,
-)
+from ccl_lgs_ros.eval.priors_metrics import identity_switch_rate, mask_inconsistency, readout_accuracy
+from ccl_lgs_ros.priors.simulator import ALL_LEVELS, SimulatedTextEncoder, SimulatorBackend, mask_objects
 from ccl_lgs_ros.priors.stage import build_text_encoder
 from ccl_lgs_ros.priors.types import PriorsBackend
-from ccl_lgs_ros.synth import generate_scene
+from ccl_lgs_ros.testing.synth import generate_scene
 
 
 @pytest.fixture(scope="module")

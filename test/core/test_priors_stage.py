@@ -16,7 +16,7 @@ from ccl_lgs_ros.capture.format import Capture
 from ccl_lgs_ros.config import Config
 from ccl_lgs_ros.priors import PriorsError, build_text_encoder, compute_priors, load_priors
 from ccl_lgs_ros.priors.simulator import SimulatorBackend
-from ccl_lgs_ros.synth import generate_scene
+from ccl_lgs_ros.testing.synth import generate_scene
 
 N = 6
 

@@ -12,7 +12,7 @@ import pytest
 from ccl_lgs_ros.config import QueryConfig
 from ccl_lgs_ros.geometry import matrix_to_quat_xyzw, quats_to_rotmats
 from ccl_lgs_ros.query.engine import LevelCodes, QueryEngine, QueryError, SemanticIndex, relevance_table
-from ccl_lgs_ros.query.synthetic import blob_scene
+from ccl_lgs_ros.testing.blobs import blob_scene
 
 GENERIC = ("object", "things", "stuff", "texture")
 

@@ -10,7 +10,7 @@ from test_query_engine import LABELS, FakeTextEncoder, cfg, codebook, two_mugs_s
 
 from ccl_lgs_ros.query.cluster import VoxelGrid
 from ccl_lgs_ros.query.engine import LevelCodes, QueryEngine, SemanticIndex
-from ccl_lgs_ros.query.synthetic import blob_scene
+from ccl_lgs_ros.testing.blobs import blob_scene
 
 
 @pytest.fixture

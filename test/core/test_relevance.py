@@ -22,7 +22,7 @@ from ccl_lgs_ros.semantics.relevance import RelevanceRenderer, pixel_codes, rend
 from ccl_lgs_ros.semantics.views import camera_view
 from ccl_lgs_ros.splat.data import camera_centers, read_ply_points, scene_normalization
 from ccl_lgs_ros.splat.gaussians import GaussianModel
-from ccl_lgs_ros.synth import generate_scene
+from ccl_lgs_ros.testing.synth import generate_scene
 
 NAMES = ["red mug", "blue box", "green plant", "wooden table", "white wall", "black cable"]
 NEGATIVES = ["object", "things", "stuff", "texture"]

@@ -163,8 +163,9 @@ def test_pull_push_correct_near_tie_clip_misreads(tmp_path) -> None:
     the confuser, keep 0.35, lie so close to it that a prototype reading as their own label loses
     them to the confuser's; see docs/BENCHMARKS.md.)"""
     from ccl_lgs_ros.config import Config
-    from ccl_lgs_ros.priors.simulator import SimulatorBackend, readout_accuracy
-    from ccl_lgs_ros.synth import generate_scene
+    from ccl_lgs_ros.eval.priors_metrics import readout_accuracy
+    from ccl_lgs_ros.priors.simulator import SimulatorBackend
+    from ccl_lgs_ros.testing.synth import generate_scene
 
     capture = generate_scene(tmp_path / "scene", seed=2, width=96, height=72, num_frames=24)
     cfg = Config()

@@ -14,7 +14,7 @@ from ccl_lgs_ros.splat.data import read_ply_points
 from ccl_lgs_ros.splat.gaussians import GaussianModel
 from ccl_lgs_ros.splat.ply import export_point_cloud_ply, export_splat_ply, import_splat_ply
 from ccl_lgs_ros.splat.render import rasterize
-from ccl_lgs_ros.splat.toy import look_at_viewmat
+from ccl_lgs_ros.testing.toy import look_at_viewmat
 
 
 def _model(n: int = 40, degree: int = 2) -> GaussianModel:

@@ -20,8 +20,8 @@ from ccl_lgs_ros.io import load_npz, read_json
 from ccl_lgs_ros.splat.data import initial_points, load_view, scene_normalization, split_indices
 from ccl_lgs_ros.splat.evaluate import evaluate_rgb
 from ccl_lgs_ros.splat.gaussians import GaussianModel
-from ccl_lgs_ros.splat.toy import make_toy_capture
 from ccl_lgs_ros.splat.trainer import _load_latest_checkpoint, _settings, train_rgb
+from ccl_lgs_ros.testing.toy import make_toy_capture
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 
 from ccl_lgs_ros.capture.format import Capture
 from ccl_lgs_ros.geometry import GL_FROM_CV, is_valid_pose
-from ccl_lgs_ros.synth import generate_scene
+from ccl_lgs_ros.testing.synth import generate_scene
 
 SMALL = {"width": 80, "height": 60, "num_frames": 8, "num_objects": 5}
 

@@ -190,8 +190,8 @@ def write_blob_scene(
     from ccl_lgs_ros.config import Config, to_dict
     from ccl_lgs_ros.io import atomic_write_json
     from ccl_lgs_ros.priors.simulator import SimulatedTextEncoder
-    from ccl_lgs_ros.query.synthetic import blob_scene
     from ccl_lgs_ros.scene.layout import SCENE_FORMAT_VERSION, SceneDir
+    from ccl_lgs_ros.testing.blobs import blob_scene
 
     enc = SimulatedTextEncoder(dim=64, seed=0)
     names = list(dict.fromkeys([*labels, "floor"]))

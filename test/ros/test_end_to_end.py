@@ -33,7 +33,7 @@ FAST_TRAIN = ["priors.backend=simulator", "rgb.iterations=60", "field.iterations
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
-    from ccl_lgs_ros.synth.generate import generate_scene
+    from ccl_lgs_ros.testing.synth.generate import generate_scene
 
     tmp = tmp_path_factory.mktemp("e2e")
     root = tmp / "root"

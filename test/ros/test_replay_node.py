@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from _rosutil import RosClient
 
-from ccl_lgs_ros.synth import generate_scene
+from ccl_lgs_ros.testing.synth import generate_scene
 
 
 @pytest.mark.timeout(120)

@@ -36,10 +36,6 @@ META = "meta.json"
 LABELS = "labels.npz"
 
 
-class PriorsCacheError(RuntimeError):
-    """The priors cache is missing, incomplete or from an incompatible version."""
-
-
 def json_digest(data: Any) -> str:
     """Short stable hash of JSON-serialisable data."""
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -287,9 +287,6 @@ def build_clip_text_encoder(spec: dict, device: str) -> OpenClip:
     )
 
 
-#: Name used by ``priors.types.PriorsBackend``'s documentation.
-text_encoder_from_spec = build_clip_text_encoder
-
 
 # --------------------------------------------------------------------------- backend
 class RealPriorsBackend:
@@ -485,5 +482,4 @@ __all__ = [
     "load_clip",
     "load_sam",
     "load_sam2_video",
-    "text_encoder_from_spec",
 ]

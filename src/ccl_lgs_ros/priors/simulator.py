@@ -1,7 +1,7 @@
 """The priors SIMULATOR: a documented stand-in for SAM, SAM 2 and CLIP.
 
 This is not a model. It reads the ground truth of a capture (``instances/`` maps and the
-``ccl_lgs.instances`` labels, as written by :mod:`ccl_lgs_ros.synth` or anyone else's synthetic
+``ccl_lgs.instances`` labels, as written by :mod:`ccl_lgs_ros.testing.synth` or anyone else's synthetic
 scenes in that format) and produces what the foundation models would, with controllable
 imperfections, so the whole method can be tested and measured without checkpoints. It is
 selected only by ``priors.backend: simulator``; nothing falls back to it silently.
@@ -207,7 +207,7 @@ def _shift(a: np.ndarray, dy: int, dx: int, fill: int) -> np.ndarray:
 _NEIGHBOURS = ((0, 1), (0, -1), (1, 0), (-1, 0))
 
 
-def _compact(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def compact_ids(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(values, return_inverse=True)`` (inverse in ``values``' shape) for integer
     maps, by counting instead of sorting when the value range is small (it is for id maps)."""
     if values.size == 0:
@@ -529,7 +529,7 @@ class SimulatorBackend:
 
     def frame_priors(self, capture: Capture, index: int, levels: Sequence[str]) -> FramePriors:
         labels, background = self._labels(capture)
-        gt_values, ids = _compact(self._gt_ids(capture, index))
+        gt_values, ids = compact_ids(self._gt_ids(capture, index))
         objects = [(int(g), labels.get(int(g), f"object {g}")) for g in gt_values]
         background_c = {j for j, g in enumerate(gt_values) if int(g) in background}
         none_id = 0 if gt_values.size and gt_values[0] == 0 else None
@@ -544,7 +544,7 @@ class SimulatorBackend:
                 raise ValueError(f"unknown priors level {level!r}; choose from {ALL_LEVELS}")
             rng = np.random.default_rng(_hash_seed("masks", self.cfg.sim_seed, index, level))
             regions = self._regions(ids, level, rng, background_c, none_id)
-            codes, inverse = _compact(regions)
+            codes, inverse = compact_ids(regions)
             if codes.size and codes[0] == -1:
                 masks = inverse.astype(np.int32) - 1
                 codes = codes[1:]
@@ -571,7 +571,7 @@ class SimulatorBackend:
                 lp = fp.levels[level]
                 if i not in id_cache:
                     id_cache[i] = self._gt_ids(capture, i)
-                ids = _match_shape(id_cache[i], lp.masks.shape)
+                ids = match_shape(id_cache[i], lp.masks.shape)
                 dominant, iou = mask_objects(lp.masks, ids, len(lp.labels))
                 matched = iou > self.cfg.association_iou
                 visible = sorted({int(g) for g in dominant[matched]})
@@ -606,14 +606,7 @@ class SimulatorBackend:
                 lp.labels = labels
 
 
-def _require_ids(capture: Capture, index: int) -> np.ndarray:
-    ids = capture.load_instances(index)
-    if ids is None:
-        raise ValueError(f"{capture.root}: frame {index} has no instance map (instances/ ground truth)")
-    return ids
-
-
-def _match_shape(ids: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def match_shape(ids: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if ids.shape == shape:
         return ids
     return cv2.resize(ids.astype(np.int32), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
@@ -630,7 +623,7 @@ def mask_objects(masks: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray
     Returns:
         ``dominant int64 [k]`` and ``iou float64 [k]``.
     """
-    gt_values, gt_index = _compact(ids)
+    gt_values, gt_index = compact_ids(ids)
     n_gt = len(gt_values)
     gt_area = np.bincount(gt_index.ravel(), minlength=n_gt).astype(np.float64)
     valid = masks >= 0
@@ -643,154 +636,11 @@ def mask_objects(masks: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray
 
 
 # ----------------------------------------------------------------------------- measurement
-def mask_inconsistency(capture: Capture, priors: Sequence[FramePriors], level: str) -> float:
-    """Fraction of object pixels whose mask disagrees with the ground truth (0..1).
-
-    Per frame and GT object (background ids excluded), an object pixel agrees when it lies in
-    the mask that overlaps the object most *and* that mask's dominant object is this object.
-    Splits, misses and boundary errors lose the pixels outside the best mask; a merge loses all
-    pixels of the smaller object. 0 means the masks equal the instance map.
-    """
-    _, background = SimulatorBackend._gt_labels(capture)
-    bad = total = 0.0
-    for i, fp in enumerate(priors):
-        lp = fp.levels[level]
-        k = len(lp.labels)
-        ids = _match_shape(_require_ids(capture, i), lp.masks.shape)
-        dominant, _ = mask_objects(lp.masks, ids, k)
-        gt_values, gt_index = _compact(ids)
-        n_gt = len(gt_values)
-        valid = lp.masks >= 0
-        inter = np.bincount(gt_index[valid] * max(k, 1) + lp.masks[valid], minlength=n_gt * max(k, 1))
-        inter = inter.reshape(n_gt, max(k, 1))
-        areas = np.bincount(gt_index.ravel(), minlength=n_gt)
-        for j, g in enumerate(gt_values):
-            if int(g) in background:
-                continue
-            total += areas[j]
-            best = int(inter[j].argmax())
-            good = inter[j, best] if k and inter[j, best] > 0 and dominant[best] == g else 0
-            bad += areas[j] - good
-    return float(bad / max(total, 1.0))
-
-
-def identity_error_rate(capture: Capture, priors: Sequence[FramePriors], level: str) -> float:
-    """Fraction of labelled masks whose label is not their object's usual label, or whose
-    object is not that label's usual object (identity switches, lost tracks, merges)."""
-    pairs = []
-    for i, fp in enumerate(priors):
-        lp = fp.levels[level]
-        ids = _match_shape(_require_ids(capture, i), lp.masks.shape)
-        dominant, _ = mask_objects(lp.masks, ids, len(lp.labels))
-        pairs += [(int(g), int(lab)) for g, lab in zip(dominant, lp.labels) if lab >= 0]
-    if not pairs:
-        return 0.0
-    arr = np.array(pairs)
-
-    def mode_map(keys: np.ndarray, values: np.ndarray) -> dict[int, int]:
-        out = {}
-        for key in np.unique(keys):
-            vals, counts = np.unique(values[keys == key], return_counts=True)
-            out[int(key)] = int(vals[counts.argmax()])
-        return out
-
-    label_of_obj = mode_map(arr[:, 0], arr[:, 1])
-    obj_of_label = mode_map(arr[:, 1], arr[:, 0])
-    wrong = [(label_of_obj[g] != lab) or (obj_of_label[lab] != g) for g, lab in pairs]
-    return float(np.mean(wrong))
-
-
-def identity_switch_rate(capture: Capture, priors: Sequence[FramePriors], level: str) -> float:
-    """How often an object's label changes between consecutive frames where it is labelled.
-
-    Per GT object, the label of the mask that is dominated by it with the highest IoU in each
-    frame (unlabelled frames skipped); the rate is changes / transitions over all objects.
-    0 means every object keeps one label throughout, which is what a perfect tracker gives.
-    """
-    seq: dict[int, list[int]] = {}
-    for i, fp in enumerate(priors):
-        lp = fp.levels[level]
-        ids = _match_shape(_require_ids(capture, i), lp.masks.shape)
-        dominant, iou = mask_objects(lp.masks, ids, len(lp.labels))
-        best: dict[int, tuple[float, int]] = {}
-        for g, q, lab in zip(dominant, iou, lp.labels):
-            if lab >= 0 and q > best.get(int(g), (-1.0, -1))[0]:
-                best[int(g)] = (float(q), int(lab))
-        for g, (_, lab) in best.items():
-            seq.setdefault(g, []).append(lab)
-    changes = sum(int(np.count_nonzero(np.diff(v))) for v in seq.values())
-    transitions = sum(len(v) - 1 for v in seq.values())
-    return float(changes / transitions) if transitions else 0.0
-
-
-def mask_readouts(
-    capture: Capture,
-    priors: Sequence[FramePriors],
-    level: str,
-    text_embeddings: dict[str, np.ndarray],
-    vectors: Sequence[np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """What each mask of ``level`` reads as, over all frames (masks in frame order).
-
-    Every mask's vector (``vectors[frame][mask]``, default the mask's CLIP feature, e.g. the
-    codebook prototype it was assigned to) reads as the label of ``text_embeddings`` (label ->
-    unit text embedding, usually the scene's object labels) with the highest cosine.
-
-    Returns:
-        ``truth int64 [M]`` (index into ``names`` of the label of the mask's dominant GT object;
-        -1 for background or a label not in ``text_embeddings``), ``area float64 [M]`` (pixels),
-        ``read int64 [M]`` (index into ``names``) and ``names`` (the sorted labels).
-    """
-    gt_labels, background = SimulatorBackend._gt_labels(capture)
-    names = sorted(text_embeddings)
-    text = np.stack([np.asarray(text_embeddings[n], dtype=np.float32) for n in names])
-    truth, area, read = [], [], []
-    for i, fp in enumerate(priors):
-        lp = fp.levels[level]
-        k = len(lp.labels)
-        if k == 0:
-            continue
-        ids = _match_shape(_require_ids(capture, i), lp.masks.shape)
-        dominant, _ = mask_objects(lp.masks, ids, k)
-        truth.append([-1 if int(g) in background or gt_labels.get(int(g)) not in text_embeddings
-                      else names.index(gt_labels[int(g)]) for g in dominant])  # fmt: skip
-        area.append(np.bincount(lp.masks[lp.masks >= 0], minlength=k).astype(np.float64))
-        vec = np.asarray(lp.features if vectors is None else vectors[i], dtype=np.float32)
-        read.append(np.argmax(vec @ text.T, axis=1))
-    if not truth:
-        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), names
-    return np.concatenate(truth).astype(np.int64), np.concatenate(area), np.concatenate(read).astype(np.int64), names
-
-
-def readout_accuracy(
-    capture: Capture,
-    priors: Sequence[FramePriors],
-    level: str,
-    text_embeddings: dict[str, np.ndarray],
-    vectors: Sequence[np.ndarray] | None = None,
-) -> float:
-    """Share of object pixels whose mask vector reads as its object's label (0..1).
-
-    Every mask dominated by a non-background GT object counts with its pixel area (see
-    :func:`mask_readouts`): a closed-vocabulary reading of one view's masks over the scene's
-    labels, before the field averages over views; 1 means every mask reads right. (The 2D query
-    scores relevance against canonical negatives instead, which a flipped argmax may hardly move;
-    see docs/BENCHMARKS.md.)
-    """
-    truth, area, read, _ = mask_readouts(capture, priors, level, text_embeddings, vectors)
-    counted = truth >= 0
-    total = float(area[counted].sum())
-    return float(area[counted & (read == truth)].sum() / total) if total > 0 else 1.0
-
-
 __all__ = [
     "ALL_LEVELS",
     "SimulatedTextEncoder",
     "SimulatorBackend",
-    "identity_error_rate",
-    "identity_switch_rate",
-    "mask_inconsistency",
+    "compact_ids",
     "mask_objects",
-    "mask_readouts",
-    "readout_accuracy",
+    "match_shape",
 ]

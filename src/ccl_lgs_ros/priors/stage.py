@@ -58,12 +58,9 @@ def build_text_encoder(spec: dict, device: str = "cpu") -> TextEncoder:
         from .simulator import SimulatedTextEncoder
 
         return SimulatedTextEncoder.from_spec(spec)
-    from . import models  # lazy: the real OpenCLIP encoder (torch, open_clip)
+    from .models import build_clip_text_encoder  # lazy: the real OpenCLIP encoder (torch, open_clip)
 
-    # types.PriorsBackend documents `text_encoder_from_spec`; `build_clip_text_encoder` is the
-    # name priors.models uses today.
-    build = getattr(models, "text_encoder_from_spec", None) or models.build_clip_text_encoder
-    return build(spec, device)
+    return build_clip_text_encoder(spec, device)
 
 
 def _check_frame(fp: FramePriors, levels: Sequence[str], index: int) -> None:

@@ -76,7 +76,7 @@ class PriorsBackend(Protocol):
     Entry points the stage imports lazily from ``priors.models`` for the real backend:
 
     - ``build_real_backend(cfg: Config, device: str) -> PriorsBackend``
-    - ``text_encoder_from_spec(spec: dict, device: str) -> TextEncoder`` for any ``spec`` whose
+    - ``build_clip_text_encoder(spec: dict, device: str) -> TextEncoder`` for any ``spec`` whose
       ``"kind"`` is not ``"simulator"`` (``TextEncoder.spec()`` of the real encoder).
     """
 

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
     # 1. scene: a synthetic one, or the user's capture folder / bag (real models)
     from ..capture.format import Capture
-    from ..synth import generate_scene
+    from ..testing.synth import generate_scene
 
     real = args.source is not None
     if real:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..geometry import matrix_to_quat_xyzw
-from .index import LevelCodes, SemanticIndex
+from ..query.index import LevelCodes, SemanticIndex
 
 
 @dataclass

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..capture.format import Capture, Frame, Intrinsics, write_image, write_uint16_png
-from ..geometry import GL_FROM_CV
-from ..io import atomic_write_bytes
+from ...capture.format import Capture, Frame, Intrinsics, write_image, write_uint16_png
+from ...geometry import GL_FROM_CV
+from ...io import atomic_write_bytes
 from .shapes import Box, Cylinder, Room, Shape, Sphere, any_hit, cast_rays, texture_factor
 
 GENERATOR_VERSION = 1

@@ -27,8 +27,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..capture.format import Capture, write_image
-from ..io import atomic_write_json
+from ...capture.format import Capture, write_image
+from ...eval.metrics2d import label_masks
+from ...io import atomic_write_json
 
 
 def _objects(ids: np.ndarray, instances: Sequence[dict], min_area: int) -> list[dict]:
@@ -77,8 +78,6 @@ def write_3d_ovs_labels(capture: Capture, root: str | Path, frames: Sequence[int
     (0 / 255 grayscale) for ``frames`` (default: every frame with an instance map). ``classes``
     (default: every non-background label) go to ``classes.txt``; as in the 3D-OVS data, a view only
     holds the masks of the classes visible in it. Returns the ``segmentations`` folder."""
-    from ..eval.metrics2d import label_masks
-
     seg = Path(root) / "segmentations"
     seg.mkdir(parents=True, exist_ok=True)
     if classes is None:

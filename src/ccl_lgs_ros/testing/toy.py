@@ -14,7 +14,7 @@ import torch
 
 from ..capture.format import Capture, Frame, Intrinsics, write_image, write_uint16_png
 from ..geometry import optical_to_opengl_c2w
-from .render import rasterize
+from ..splat.render import rasterize
 
 
 def look_at_viewmat(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> np.ndarray:
