@@ -19,7 +19,7 @@ echo "== lint: ruff"
 "$PY" -m ruff check src test bench scripts launch || exit 1
 echo "== lint: import layers (import-linter, contracts in pyproject.toml)"
 PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" "$VENV/bin/lint-imports" --no-cache || exit 1
-echo "== lint: mypy (core library)"
+echo "== lint: mypy (the whole package, ros/ included)"
 "$PY" -m mypy src/ccl_lgs_ros || exit 1
 
 echo "== tests"

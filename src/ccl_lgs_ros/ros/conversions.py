@@ -20,7 +20,7 @@ import array
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -283,8 +283,10 @@ def arrays_to_cloud(
     for name, arr in extra.items():
         rec[name] = arr
     msg = PointCloud2(header=header, height=1, width=n, is_bigendian=False, is_dense=bool(np.isfinite(pts).all()))
-    for name in rec.dtype.names:
-        dt, offset = rec.dtype.fields[name][:2]
+    names, layout = rec.dtype.names, rec.dtype.fields
+    assert names is not None and layout is not None  # a structured dtype, built above
+    for name in names:
+        dt, offset = layout[name][:2]
         datatype = PointField.FLOAT32 if name == "rgb" else _FIELD_OF_NP[dt.str.lstrip("<>|=")]
         msg.fields.append(PointField(name=name, offset=int(offset), datatype=datatype, count=1))
     msg.point_step = rec.dtype.itemsize
@@ -298,7 +300,7 @@ def cloud_to_arrays(msg: PointCloud2) -> dict[str, np.ndarray]:
     <other field>: [N] ...}``. Handles any offsets, padding, row_step, endianness and height."""
     n = int(msg.width) * int(msg.height)
     names, formats, offsets = [], [], []
-    endian = ">" if msg.is_bigendian else "<"
+    endian: Literal["<", ">"] = ">" if msg.is_bigendian else "<"
     for f in msg.fields:
         if f.datatype not in _NP_OF_FIELD:
             raise ConversionError(f"field {f.name!r} has unknown datatype {f.datatype}")
@@ -508,7 +510,7 @@ def instances_to_markers(instances: Sequence[Any], header: Header, ns: str = "se
         size = inst.box_size
         box = Marker(header=header, ns=ns + "/boxes", id=i, type=Marker.CUBE, action=Marker.ADD, pose=inst.box_pose)
         box.scale = Vector3(x=max(size.x, 1e-3), y=max(size.y, 1e-3), z=max(size.z, 1e-3))
-        box.color = _color(*col, 0.35)
+        box.color = _color(col[0], col[1], col[2], 0.35)
         text = Marker(header=header, ns=ns + "/labels", id=i, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
         text.pose.position = Point(
             x=inst.box_pose.position.x,
@@ -523,7 +525,7 @@ def instances_to_markers(instances: Sequence[Any], header: Header, ns: str = "se
         sphere.pose.position = inst.centroid
         sphere.pose.orientation.w = 1.0
         sphere.scale = Vector3(x=0.03, y=0.03, z=0.03)
-        sphere.color = _color(*col, 1.0)
+        sphere.color = _color(col[0], col[1], col[2], 1.0)
         out.markers += [box, text, sphere]
     return out
 

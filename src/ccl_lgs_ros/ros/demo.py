@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         if not query_cli.wait_for_service(timeout_sec=60) or not status_cli.wait_for_service(timeout_sec=30):
             raise RuntimeError(f"the mapping node did not come up (see {out / 'mapping_node.log'})")
 
-        _say(f"replaying {len(source.frames)} frames as ROS topics at {args.rate} Hz")
+        _say(f"replaying {n_src} frames as ROS topics at {args.rate} Hz")
         replay_proc = subprocess.Popen(
             [
                 sys.executable,
@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             overrides = ["priors.backend=simulator", f"priors.sim_ground_truth={source_path}", *args.set]
         goal = TrainScene.Goal(preset=args.preset, method="ccl", device=args.device, overrides=overrides)
-        last = {"stage": "", "t": 0.0}
+        last: dict[str, Any] = {"stage": "", "t": 0.0}
 
         def feedback(msg: Any) -> None:
             fb = msg.feedback

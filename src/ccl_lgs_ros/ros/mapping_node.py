@@ -181,7 +181,7 @@ def _tf_buffer_for(node: Node) -> Any:
     import tf2_ros
 
     buf = tf2_ros.Buffer()
-    node._tf_listener = tf2_ros.TransformListener(buf, node, spin_thread=True)  # kept alive with the node
+    node._tf_listener = tf2_ros.TransformListener(buf, node, spin_thread=True)  # type: ignore[attr-defined]  # kept alive with the node
     return buf
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.node import Node
@@ -129,7 +129,8 @@ class ConfigParameters:
         # A params file's empty list (``checkpoint_dirs: []``) reaches rclpy as no value.
         self._lists = frozenset(name for name, _, value, _ in iter_fields(self.cfg) if isinstance(value, list))
         node.add_on_set_parameters_callback(self._on_set)
-        declared = node.declare_parameters("", descriptors(self.cfg))
+        # rclpy types the list invariantly as a union of tuple shapes; ours all have three items.
+        declared = node.declare_parameters("", cast(Any, descriptors(self.cfg)))
         self._declaring = False
         # Overrides from a params file were validated in _on_set; apply them all now.
         for p in declared:

@@ -22,6 +22,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from ..config import Config
 from ..query.text import QueryError, validate_text
+from ..scene.load import LoadedScene, load_scene
 from . import conversions as conv
 
 #: Hard cap on the query text the service looks at, whatever query.max_query_chars says: a
@@ -75,7 +76,7 @@ class SceneServer:
         self.node = node
         self.cfg = cfg
         self.tf_buffer = tf_buffer
-        self.scene: Any = None  # scene.LoadedScene, swapped atomically
+        self.scene: LoadedScene | None = None  # swapped atomically
         self._load_lock = threading.Lock()
         self.queries_answered = 0
         self.group = MutuallyExclusiveCallbackGroup()
@@ -94,10 +95,8 @@ class SceneServer:
 
     # ------------------------------------------------------------------ scenes
 
-    def load(self, path: str | Path) -> Any:
+    def load(self, path: str | Path) -> LoadedScene:
         """Load a scene folder completely, then swap it in. Raises SceneError / OSError / ValueError."""
-        from ..scene import load_scene
-
         with self._load_lock:  # two loads at once would only waste memory
             # A scene's text-encoder checkpoint may come only from the scene folder, the allowed
             # roots and the configured checkpoint folders (scene_checks.py).
