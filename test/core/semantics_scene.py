@@ -14,9 +14,10 @@ from ccl_lgs_ros.capture.format import Capture
 from ccl_lgs_ros.config import PRESETS, Config
 from ccl_lgs_ros.geometry import transform_points
 from ccl_lgs_ros.io import atomic_write_json
+from ccl_lgs_ros.ply import read_ply_points
 from ccl_lgs_ros.priors.stage import compute_priors
 from ccl_lgs_ros.semantics.methods import field_method
-from ccl_lgs_ros.splat.data import camera_centers, read_ply_points, scene_normalization
+from ccl_lgs_ros.splat.data import camera_centers, scene_normalization
 from ccl_lgs_ros.splat.gaussians import GaussianModel
 from ccl_lgs_ros.testing.synth import generate_scene
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ccl_lgs_ros.synth import generate_scene
 
 from ccl_lgs_ros.capture.format import Capture
 from ccl_lgs_ros.cli import main
 from ccl_lgs_ros.config import load_config
 from ccl_lgs_ros.io import read_json
+from ccl_lgs_ros.testing.synth import generate_scene
 from ccl_lgs_ros.testing.synth.eval_layouts import write_lerf_ovs_labels
 
 pytestmark = pytest.mark.slow

@@ -12,6 +12,7 @@ import pytest
 
 from ccl_lgs_ros.config import Config, to_dict
 from ccl_lgs_ros.geometry import transform_points
+from ccl_lgs_ros.ply import read_ply_points
 from ccl_lgs_ros.priors.simulator import SimulatedTextEncoder
 from ccl_lgs_ros.relevance import lerf_relevance
 from ccl_lgs_ros.scene.build import build_query_index
@@ -20,7 +21,7 @@ from ccl_lgs_ros.scene.load import load_scene
 from ccl_lgs_ros.semantics.model import SemanticField
 from ccl_lgs_ros.semantics.relevance import RelevanceRenderer, pixel_codes, render_field
 from ccl_lgs_ros.semantics.views import camera_view
-from ccl_lgs_ros.splat.data import camera_centers, read_ply_points, scene_normalization
+from ccl_lgs_ros.splat.data import camera_centers, scene_normalization
 from ccl_lgs_ros.splat.gaussians import GaussianModel
 from ccl_lgs_ros.testing.synth import generate_scene
 

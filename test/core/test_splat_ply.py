@@ -10,7 +10,7 @@ from plyfile import PlyData
 
 from ccl_lgs_ros.config import PRESETS, Config
 from ccl_lgs_ros.geometry import similarity
-from ccl_lgs_ros.splat.data import read_ply_points
+from ccl_lgs_ros.ply import read_ply_points
 from ccl_lgs_ros.splat.gaussians import GaussianModel
 from ccl_lgs_ros.splat.ply import export_point_cloud_ply, export_splat_ply, import_splat_ply
 from ccl_lgs_ros.splat.render import rasterize

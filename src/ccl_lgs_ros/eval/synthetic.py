@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from plyfile import PlyData
 
 from ..capture.format import Capture
 from ..config import Config
+from ..ply import read_ply_points
 from ..scene.load import LoadedScene, load_scene
 from .metrics2d import evaluate_synthetic_2d
 from .metrics3d import evaluate_label, instance_points, summarise
@@ -34,9 +34,7 @@ def gt_objects(capture: Capture) -> dict[str, list[np.ndarray]]:
     for inst in capture.instances:
         if inst.get("background") or not inst.get("gt_points"):
             continue
-        ply = PlyData.read(str(capture.root / inst["gt_points"]))
-        v = ply["vertex"]
-        pts = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64)
+        pts, _ = read_ply_points(capture.root / inst["gt_points"])
         out.setdefault(str(inst["label"]), []).append(pts)
     return out
 

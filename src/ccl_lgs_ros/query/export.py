@@ -7,37 +7,22 @@ with opacity as a logit, scales as logarithms and colours as zeroth-order SH coe
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
-from plyfile import PlyData, PlyElement
 
 from ..geometry import matrix_to_quat_xyzw
-from ..io import atomic_write_bytes, atomic_write_json
+from ..io import atomic_write_json
+from ..ply import colors_to_u8, write_vertex_ply
+from ..ply import write_points_ply as write_ply_points
 from ..viz import BoxMarker, TextMarker, render_rviz_like
 from .engine import QueryResult
 from .index import SH_C0, SemanticIndex
 
 
-def _ply_bytes(vertex: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    PlyData([PlyElement.describe(vertex, "vertex")], text=False).write(buf)
-    return buf.getvalue()
-
-
 def write_points_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = None) -> None:
     """Binary ``.ply`` point cloud: ``points [P, 3]``, optional ``colors [P, 3]`` in 0..1."""
-    pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
-    fields = [("x", "f4"), ("y", "f4"), ("z", "f4")]
-    if colors is not None:
-        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    vertex = np.empty(pts.shape[0], dtype=fields)
-    vertex["x"], vertex["y"], vertex["z"] = pts.T
-    if colors is not None:
-        rgb = np.clip(np.rint(np.asarray(colors, dtype=np.float64).reshape(-1, 3) * 255), 0, 255).astype(np.uint8)
-        vertex["red"], vertex["green"], vertex["blue"] = rgb.T
-    atomic_write_bytes(path, _ply_bytes(vertex))
+    write_ply_points(path, points, None if colors is None else colors_to_u8(colors))
 
 
 def write_gaussians_ply(
@@ -69,7 +54,7 @@ def write_gaussians_ply(
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     for i in range(4):
         vertex[f"rot_{i}"] = q[:, i]
-    atomic_write_bytes(path, _ply_bytes(vertex))
+    write_vertex_ply(path, vertex)
 
 
 #: Distinct highlight colours of the instances in the preview.

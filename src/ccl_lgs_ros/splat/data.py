@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..capture.format import Capture, CaptureError
 from ..geometry import opengl_c2w_to_viewmat, similarity, transform_points
+from ..ply import read_ply_points
 
 
 @dataclass
@@ -121,19 +122,6 @@ def load_view(
         K=torch.as_tensor(K, dtype=torch.float32, device=device),
         depth=depth_t,
     )
-
-
-def read_ply_points(path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Vertices ``[N,3]`` and colours ``[N,3]`` in 0..1 (or ``None``) of a point-cloud ``.ply``."""
-    from plyfile import PlyData
-
-    v = PlyData.read(str(path))["vertex"]
-    pts = np.stack([np.asarray(v[k], dtype=np.float64) for k in ("x", "y", "z")], axis=1)
-    names = v.data.dtype.names
-    if all(k in names for k in ("red", "green", "blue")):
-        rgb = np.stack([np.asarray(v[k], dtype=np.float64) for k in ("red", "green", "blue")], axis=1)
-        return pts, rgb / (255.0 if rgb.max() > 1.0 else 1.0)
-    return pts, None
 
 
 def backproject_depth(view: View, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -18,14 +18,13 @@ SH coefficients are not rotated, which is exact whenever that rotation is the id
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..geometry import activate_opacities, quat_multiply_wxyz, rotmat_to_quat_wxyz, split_similarity
-from ..io import atomic_write_bytes
+from ..ply import read_vertex, write_vertex_ply
 from .gaussians import GaussianModel, sh0_to_rgb
 from .project import sh_degree_from_bases
 
@@ -50,14 +49,6 @@ def world_arrays(model: GaussianModel, world_from_scene: np.ndarray | None = Non
         "sh0": raw["sh0"],
         "shN": raw["shN"],
     }
-
-
-def _write_ply(path: str | Path, vertex: np.ndarray) -> None:
-    from plyfile import PlyData, PlyElement
-
-    buf = io.BytesIO()
-    PlyData([PlyElement.describe(vertex, "vertex")], text=False).write(buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 #: SH degree of the exported layout: the original 3DGS loader's default.
@@ -95,16 +86,14 @@ def export_splat_ply(path: str | Path, model: GaussianModel, world_from_scene: n
     vertex = np.empty(n, dtype=[(name, "f4") for name in names])
     for i, name in enumerate(names):
         vertex[name] = cols[:, i]
-    _write_ply(path, vertex)
+    write_vertex_ply(path, vertex)
     return n
 
 
 def import_splat_ply(path: str | Path, device: str | torch.device = "cpu") -> GaussianModel:
     """Read a 3DGS ``.ply`` (this project's or another trainer's) into a :class:`GaussianModel`."""
-    from plyfile import PlyData
-
-    v = PlyData.read(str(path))["vertex"]
-    names = v.data.dtype.names
+    v = read_vertex(path)
+    names = v.dtype.names or ()
     n_rest = len([k for k in names if k.startswith("f_rest_")])
     if n_rest % 3:
         raise ValueError(f"{path}: {n_rest} f_rest properties is not a multiple of 3")
@@ -116,7 +105,7 @@ def import_splat_ply(path: str | Path, device: str | torch.device = "cpu") -> Ga
             raise ValueError(f"{path}: missing 3DGS properties {missing}")
         return np.stack([np.asarray(v[k], dtype=np.float32) for k in keys], axis=1)
 
-    n = len(v.data)
+    n = len(v)
     rest = get(*[f"f_rest_{i}" for i in range(n_rest)]) if n_rest else np.zeros((n, 0), np.float32)
     params = {
         "means": get("x", "y", "z"),
@@ -143,5 +132,5 @@ def export_point_cloud_ply(
         vertex[k] = pts[:, i]
     for i, k in enumerate(("red", "green", "blue")):
         vertex[k] = rgb[:, i]
-    _write_ply(path, vertex)
+    write_vertex_ply(path, vertex)
     return len(pts)

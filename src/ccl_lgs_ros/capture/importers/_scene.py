@@ -7,7 +7,6 @@ touching pixels; :func:`materialise` writes the capture folder (images first, th
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import uuid
@@ -19,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ... import ply as plyio
 from ...io import atomic_write_bytes
 from ..camera_model import Distortion, Undistorter
 from ..format import TRANSFORMS, Capture, CaptureError, Frame, Intrinsics, encode_image
@@ -121,21 +121,9 @@ def _copy_file(src: Path, dst: Path, link: bool) -> None:
 
 
 def ply_bytes(xyz: np.ndarray, rgb: np.ndarray | None) -> bytes:
-    """A binary PLY of points (float32 x y z, uint8 red green blue)."""
-    from plyfile import PlyData, PlyElement
-
-    xyz = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
-    cols = np.full((len(xyz), 3), 128, np.uint8) if rgb is None else np.asarray(rgb, np.uint8).reshape(-1, 3)
-    vertex = np.empty(
-        len(xyz), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    )
-    for i, k in enumerate("xyz"):
-        vertex[k] = xyz[:, i]
-    for i, k in enumerate(("red", "green", "blue")):
-        vertex[k] = cols[:, i]
-    buf = io.BytesIO()
-    PlyData([PlyElement.describe(vertex, "vertex")]).write(buf)
-    return buf.getvalue()
+    """A binary PLY of points (float32 x y z, uint8 red green blue; grey without colours)."""
+    cols = np.full((len(np.asarray(xyz).reshape(-1, 3)), 3), 128, np.uint8) if rgb is None else rgb
+    return plyio.vertex_ply_bytes(plyio.points_vertex(xyz, cols))
 
 
 def materialise(

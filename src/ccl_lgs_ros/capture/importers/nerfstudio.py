@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ... import ply as plyio
 from ...geometry import orthonormalize_rotation
 from ...io import read_json
 from ..camera_model import distortion_of, focal_from_fov, pinhole
@@ -196,14 +197,9 @@ def _optional_file(base: Path, rel: Any, scene: SourceScene, i: int, what: str) 
 
 
 def read_ply_points(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(xyz float [N,3], rgb uint8 [N,3] or None)`` of a PLY's vertices."""
-    from plyfile import PlyData
-
-    v = PlyData.read(str(path))["vertex"].data
-    xyz = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64)
-    names = v.dtype.names or ()
-    rgb = np.stack([v["red"], v["green"], v["blue"]], axis=1).astype(np.uint8) if "red" in names else None
-    return xyz, rgb
+    """``(xyz float [N,3], rgb uint8 [N,3] or None)`` of a PLY's vertices (:mod:`ccl_lgs_ros.ply`)."""
+    xyz, rgb = plyio.read_ply_points(path)
+    return xyz, None if rgb is None else plyio.colors_to_u8(rgb)
 
 
 def blender_files(src: Path, splits: Sequence[str]) -> list[tuple[str, Path]]:

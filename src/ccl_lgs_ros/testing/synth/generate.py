@@ -23,7 +23,7 @@ import numpy as np
 
 from ...capture.format import Capture, Frame, Intrinsics, write_image, write_uint16_png
 from ...geometry import GL_FROM_CV
-from ...io import atomic_write_bytes
+from ...ply import write_points_ply
 from .shapes import Box, Cylinder, Room, Shape, Sphere, any_hit, cast_rays, texture_factor
 
 GENERATOR_VERSION = 1
@@ -177,15 +177,7 @@ def _place_objects(rng: np.random.Generator, kinds: list[ObjectKind]) -> list[tu
 
 
 def _write_ply(path: Path, points: np.ndarray) -> None:
-    import io
-
-    from plyfile import PlyData, PlyElement
-
-    verts = np.empty(len(points), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
-    verts["x"], verts["y"], verts["z"] = points[:, 0], points[:, 1], points[:, 2]
-    buf = io.BytesIO()
-    PlyData([PlyElement.describe(verts, "vertex")], text=False).write(buf)
-    atomic_write_bytes(path, buf.getvalue())
+    write_points_ply(path, points)
 
 
 def _render(
