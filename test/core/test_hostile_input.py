@@ -221,8 +221,8 @@ def _scene(dest: Path, encoder_spec: object = None, n: int = 400) -> Path:
     from ccl_lgs_ros.config import Config, to_dict
     from ccl_lgs_ros.io import atomic_write_json
     from ccl_lgs_ros.priors.simulator import SimulatedTextEncoder
-    from ccl_lgs_ros.testing.blobs import blob_scene
     from ccl_lgs_ros.scene.layout import SCENE_FORMAT_VERSION, SceneDir
+    from ccl_lgs_ros.testing.blobs import blob_scene
 
     enc = SimulatedTextEncoder(dim=16, seed=0)
     codebook = enc.encode_text(["red mug", "floor"])
@@ -255,7 +255,6 @@ def no_clip_build(monkeypatch):
         raise RuntimeError("test: OpenCLIP not built")
 
     monkeypatch.setattr(models, "build_clip_text_encoder", fake)
-    monkeypatch.setattr(models, "text_encoder_from_spec", fake)
     return built
 
 
