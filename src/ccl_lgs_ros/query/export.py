@@ -15,6 +15,7 @@ from ..geometry import matrix_to_quat_xyzw
 from ..io import atomic_write_json
 from ..ply import colors_to_u8, write_vertex_ply
 from ..ply import write_points_ply as write_ply_points
+from ..splat.ply import EXPORT_SH_DEGREE, splat_vertex
 from ..viz import BoxMarker, TextMarker, render_rviz_like
 from .engine import QueryResult
 from .index import SH_C0, SemanticIndex
@@ -36,24 +37,17 @@ def write_gaussians_ply(
     """3DGS ``.ply`` of Gaussians given in activated form: constant colour, written in the degree-3
     layout with zero higher bands (45 ``f_rest_*``), which the original 3DGS loader requires."""
     m = np.asarray(means).reshape(-1, 3).shape[0]
-    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
-    names += [f"f_rest_{i}" for i in range(45)] + ["opacity"]
-    names += [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)]
-    vertex = np.zeros(m, dtype=[(n, "f4") for n in names])
-    for i, axis in enumerate("xyz"):
-        vertex[axis] = np.asarray(means, dtype=np.float32).reshape(-1, 3)[:, i]
-    dc = (np.asarray(colors, dtype=np.float64).reshape(-1, 3) - 0.5) / SH_C0
-    for i in range(3):
-        vertex[f"f_dc_{i}"] = dc[:, i]
     op = np.clip(np.asarray(opacities, dtype=np.float64).reshape(-1), 1e-6, 1 - 1e-6)
-    vertex["opacity"] = np.log(op / (1 - op))
-    log_s = np.log(np.maximum(np.asarray(scales, dtype=np.float64).reshape(-1, 3), 1e-12))
-    for i in range(3):
-        vertex[f"scale_{i}"] = log_s[:, i]
     q = np.asarray(quats, dtype=np.float64).reshape(-1, 4)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    for i in range(4):
-        vertex[f"rot_{i}"] = q[:, i]
+    vertex = splat_vertex(
+        np.asarray(means, dtype=np.float64).reshape(-1, 3),
+        q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12),
+        np.log(np.maximum(np.asarray(scales, dtype=np.float64).reshape(-1, 3), 1e-12)),
+        np.log(op / (1 - op)),
+        (np.asarray(colors, dtype=np.float64).reshape(-1, 3) - 0.5) / SH_C0,
+        np.zeros((m, 0, 3)),
+        EXPORT_SH_DEGREE,
+    )
     write_vertex_ply(path, vertex)
 
 

@@ -64,13 +64,32 @@ def export_splat_ply(path: str | Path, model: GaussianModel, world_from_scene: n
     model's own degree.
     """
     w = world_arrays(model, world_from_scene)
-    n = len(w["means"])
-    shN = w["shN"]  # [N, K-1, 3]
+    vertex = splat_vertex(w["means"], w["quats"], w["log_scales"], w["opacity_logits"], w["sh0"][:, 0, :], w["shN"],
+                          sh_degree)  # fmt: skip
+    write_vertex_ply(path, vertex)
+    return len(vertex)
+
+
+def splat_vertex(
+    means: np.ndarray,  # [N, 3]
+    quats: np.ndarray,  # [N, 4] wxyz
+    log_scales: np.ndarray,  # [N, 3]
+    opacity_logits: np.ndarray,  # [N]
+    sh0: np.ndarray,  # [N, 3]
+    shN: np.ndarray,  # [N, K-1, 3]
+    sh_degree: int | None = EXPORT_SH_DEGREE,
+) -> np.ndarray:
+    """The standard 3DGS vertex layout (float32; ``f_rest_*`` channel-major), the one both the
+    scene export and the query selection's export write. ``sh_degree``: see :func:`export_splat_ply`."""
+    n = int(np.asarray(means).reshape(-1, 3).shape[0])
+    shN = np.asarray(shN)
+    if shN.ndim != 3 or shN.shape[0] != n or shN.shape[2] != 3:
+        raise ValueError(f"shN must be [N, K-1, 3] with N = {n}, got {shN.shape}")
     if sh_degree is not None:
         bands = (max(int(sh_degree), 0) + 1) ** 2 - 1
         if shN.shape[1] < bands:
             shN = np.concatenate([shN, np.zeros((n, bands - shN.shape[1], 3), shN.dtype)], axis=1)
-    f_rest = np.transpose(shN, (0, 2, 1)).reshape(n, -1)  # [N, 3*(K-1)], channel-major
+    f_rest = np.transpose(shN, (0, 2, 1)).reshape(n, 3 * shN.shape[1])  # [N, 3*(K-1)], channel-major
     names = (
         ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
         + [f"f_rest_{i}" for i in range(f_rest.shape[1])]
@@ -78,16 +97,16 @@ def export_splat_ply(path: str | Path, model: GaussianModel, world_from_scene: n
     )
     cols = np.concatenate(
         [
-            w["means"], np.zeros((n, 3), np.float32), w["sh0"][:, 0, :], f_rest,
-            w["opacity_logits"][:, None], w["log_scales"], w["quats"],
+            np.asarray(means).reshape(n, 3), np.zeros((n, 3)), np.asarray(sh0).reshape(n, 3), f_rest,
+            np.asarray(opacity_logits).reshape(n, 1), np.asarray(log_scales).reshape(n, 3),
+            np.asarray(quats).reshape(n, 4),
         ],
         axis=1,
     ).astype(np.float32)  # fmt: skip
     vertex = np.empty(n, dtype=[(name, "f4") for name in names])
     for i, name in enumerate(names):
         vertex[name] = cols[:, i]
-    write_vertex_ply(path, vertex)
-    return n
+    return vertex
 
 
 def import_splat_ply(path: str | Path, device: str | torch.device = "cpu") -> GaussianModel:
