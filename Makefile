@@ -32,4 +32,4 @@ bench: setup
 	bash bench/run_all.sh
 
 clean:
-	rm -rf build log install .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build log install .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache
