@@ -18,6 +18,7 @@ from ccl_lgs_ros.relevance import lerf_relevance
 from ccl_lgs_ros.scene.build import build_query_index
 from ccl_lgs_ros.scene.layout import SceneDir
 from ccl_lgs_ros.scene.load import load_scene
+from ccl_lgs_ros.semantics.methods import field_method
 from ccl_lgs_ros.semantics.model import SemanticField
 from ccl_lgs_ros.semantics.relevance import RelevanceRenderer, pixel_codes, render_field
 from ccl_lgs_ros.semantics.views import camera_view
@@ -97,7 +98,7 @@ def test_2d_maps_evaluation_and_engine_agree(scene, temperature: float) -> None:
     maps = renderer.maps(capture, 0, [text])["wp"][0]  # [H, W]
     view = camera_view(capture, 0, renderer.scene_from_world, None, None, renderer.device)
     rendered = render_field(renderer.field, renderer.gaussians, [view], "torch")["wp"]
-    view_codes = pixel_codes(renderer.field, "wp", rendered)
+    view_codes = pixel_codes(field_method("cgc"), renderer.field, "wp", rendered)
     assert len(np.unique(view_codes)) >= 2  # several codes on screen, so the comparison means something
     np.testing.assert_allclose(maps, table[view_codes[0]], rtol=1e-6)
 

@@ -126,6 +126,7 @@ def test_variant_query_index_lifts_the_rendered_codes(method: str, tmp_path: Pat
     from ccl_lgs_ros.query.index import SemanticIndex
     from ccl_lgs_ros.scene.build import build_query_index
     from ccl_lgs_ros.scene.layout import SCENE_FORMAT_VERSION, SceneDir
+    from ccl_lgs_ros.semantics.methods import field_method
     from ccl_lgs_ros.semantics.relevance import pixel_codes, render_field
     from ccl_lgs_ros.semantics.views import FrozenGaussians, render_features, supervised_views
     from ccl_lgs_ros.splat.data import split_indices
@@ -153,7 +154,7 @@ def test_variant_query_index_lifts_the_rendered_codes(method: str, tmp_path: Pat
     g = FrozenGaussians.load(scene / "rgb" / "gaussians.npz")
     agree = {"decoded": [], "lifted": []}
     for v in views:
-        want = pixel_codes(field, level, render_field(field, g, [v], "torch")[level])[0]
+        want = pixel_codes(field_method(field.method), field, level, render_field(field, g, [v], "torch")[level])[0]
         masks = [v.masks[level]] if level in v.masks else list(v.masks.values())
         covered = np.logical_or.reduce([m.numpy() >= 0 for m in masks])
         for mode, c in codes.items():

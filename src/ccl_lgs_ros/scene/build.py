@@ -16,8 +16,9 @@ from ..config import Config
 from ..priors.stage import load_priors
 from ..query.index import LevelCodes, SemanticIndex
 from ..query.lift import lift_labels
+from ..semantics.field import gaussian_code_probs
 from ..semantics.methods import field_method
-from ..semantics.model import SemanticField, gaussian_code_probs
+from ..semantics.model import SemanticField
 from ..semantics.views import FrozenGaussians
 from ..splat.data import split_indices
 from ..splat.gaussians import GaussianModel

@@ -6,8 +6,8 @@ and :func:`gaussian_code_probs` (per-Gaussian semantics for the query index).
 :func:`ccl_lgs_ros.scene.build.build_query_index`.
 """
 
-from .field import load_field, per_gaussian_code_probs, train_field
-from .model import SemanticField, gaussian_code_probs
+from .field import gaussian_code_probs, load_field, per_gaussian_code_probs, train_field
+from .model import SemanticField
 
 __all__ = [
     "SemanticField",

@@ -35,7 +35,7 @@ from ..progress import Progress
 from ..scene.layout import SceneDir
 from ..splat.data import split_indices
 from .methods import field_method
-from .model import SemanticField, gaussian_code_probs
+from .model import SemanticField
 from .training import optimise
 from .views import FrozenGaussians, supervised_views
 
@@ -149,3 +149,22 @@ def per_gaussian_code_probs(scene_dir: str | Path) -> tuple[dict[str, np.ndarray
     """
     field = load_field(scene_dir)
     return gaussian_code_probs(field), {lv: field.codebooks[lv] for lv in field.levels}
+
+
+@torch.no_grad()
+def gaussian_code_probs(field: SemanticField | str | Path, chunk: int = 65536) -> dict[str, np.ndarray]:
+    """Each Gaussian's own feature decoded by the field's method: ``level -> float16 [N_gauss, Nc]`` (softmax).
+
+    This is the per-Gaussian semantics the query engine reads (with the codebooks): a Gaussian's
+    relevance to a text is a lookup of its top code's relevance, or a small matmul.
+    """
+    if not isinstance(field, SemanticField):
+        field = SemanticField.load(field)
+    method = field_method(field.method)
+    out = {}
+    for lv in field.levels:
+        feats = torch.from_numpy(np.asarray(field.features[lv], dtype=np.float32))
+        parts = [torch.softmax(method.logits(field, lv, feats[i : i + chunk]), dim=-1)
+                 for i in range(0, len(feats), chunk)]  # fmt: skip
+        out[lv] = torch.cat(parts).numpy().astype(np.float16)
+    return out

@@ -12,8 +12,10 @@ a (rendered or per-Gaussian) feature into semantics:
   vector ``[D]`` plus granularity logits; the codebook is a spherical k-means of the decoded
   per-Gaussian vectors, used by the query index (pixels decode their vectors directly).
 
-Every method thus exposes ``logits(level, feats) -> [..., Nc]`` against a codebook, which is what
-the query index (:func:`gaussian_code_probs`) and the 2D relevance read.
+The decoding itself belongs to the method (``FieldMethod.logits`` in :mod:`.methods`, picked once
+from the recorded ``method``): every method turns features ``[..., d_f]`` into logits ``[..., Nc]``
+against a codebook, which is what the query index (:func:`.field.gaussian_code_probs`) and the 2D
+relevance read. This module only holds the arrays and the file.
 
 ``field.npz`` keys: ``format_version``, ``method``, ``levels`` (str array), ``temperature``,
 ``features.<level> float32 [N, d_f]``, ``codebook.<level> float32 [Nc, D]``,
@@ -27,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..io import atomic_save_npz, load_npz
@@ -87,24 +88,6 @@ class SemanticField:
     def dim(self) -> int:
         return int(next(iter(self.codebooks.values())).shape[1])
 
-    def logits(self, level: str, feats: torch.Tensor) -> torch.Tensor:
-        """Logits over the level's codebook of features ``[..., d_f]`` -> ``[..., Nc]``."""
-        if self.method == "ccl":
-            return self.decoders[level](feats)
-        if self.method == "cgc":
-            cen = torch.as_tensor(self.centroids[level], dtype=feats.dtype, device=feats.device)
-            return F.normalize(feats, dim=-1) @ cen.T / self.temperature
-        vec = self.vectors(level, feats)
-        cb = torch.as_tensor(self.codebooks[level], dtype=feats.dtype, device=feats.device)
-        return vec @ cb.T / self.temperature
-
-    def vectors(self, level: str, feats: torch.Tensor) -> torch.Tensor:
-        """GAGS only: decoded unit CLIP vectors ``[..., D]``."""
-        if self.method != "gags":
-            raise ValueError(f"method {self.method!r} decodes to codes, not vectors")
-        out = self.decoders[level](feats)
-        return F.normalize(out[..., : self.dim], dim=-1)
-
     def save(self, path: str | Path) -> None:
         arrays: dict[str, np.ndarray] = {
             "format_version": np.array(FIELD_FORMAT_VERSION),
@@ -141,20 +124,3 @@ class SemanticField:
             centroids={lv: data[f"centroids.{lv}"] for lv in levels if f"centroids.{lv}" in data},
             temperature=float(data["temperature"]),
         )
-
-
-@torch.no_grad()
-def gaussian_code_probs(field: SemanticField | str | Path, chunk: int = 65536) -> dict[str, np.ndarray]:
-    """Each Gaussian's own feature decoded: ``level -> float16 [N_gauss, Nc]`` (softmax).
-
-    This is the per-Gaussian semantics the query engine reads (with the codebooks): a Gaussian's
-    relevance to a text is a lookup of its top code's relevance, or a small matmul.
-    """
-    if not isinstance(field, SemanticField):
-        field = SemanticField.load(field)
-    out = {}
-    for lv in field.levels:
-        feats = torch.from_numpy(np.asarray(field.features[lv], dtype=np.float32))
-        parts = [torch.softmax(field.logits(lv, feats[i : i + chunk]), dim=-1) for i in range(0, len(feats), chunk)]
-        out[lv] = torch.cat(parts).numpy().astype(np.float16)
-    return out

@@ -25,8 +25,9 @@ from ..priors.stage import build_text_encoder
 from ..priors.types import TextEncoder
 from ..scene.layout import SceneDir
 from .methods import field_method
+from .methods.base import pixel_codes
 from .model import SemanticField
-from .views import FrozenGaussians, camera_view, pixel_codes, render_field
+from .views import FrozenGaussians, camera_view, render_field
 
 #: Box-filter size of the LERF-OVS smoothing (pixels).
 SMOOTH_SIZE = 30

@@ -182,9 +182,3 @@ def render_field(
         maps[lv] = out[..., start : start + f.shape[1]]
         start += f.shape[1]
     return maps
-
-
-@torch.no_grad()
-def pixel_codes(field: SemanticField, level: str, rendered: torch.Tensor) -> np.ndarray:
-    """Codebook index per pixel ``int64 [..., H, W]`` of rendered features ``[..., H, W, d_f]``."""
-    return field.logits(level, rendered.cpu()).argmax(-1).numpy()

@@ -1,8 +1,10 @@
 """The semantic-field methods behind one protocol, picked once from ``field.method``.
 
-A method says which 2D priors it needs, which levels it trains, what it learns before the field
-(CCL-LGS: the contrastive codebook), its training objective, how a rendered pixel reads as
-relevance, and which 2D index maps the query index lifts onto the Gaussians. Everything else
+A method says which 2D priors it needs, which levels it trains, how its features decode to logits
+over a codebook (the one decoding every reader uses: the query index, pixel codes, 2D relevance),
+what it learns before the field (CCL-LGS: the contrastive codebook), its training objective, how
+a rendered pixel reads as relevance, and which 2D index maps the query index lifts onto the
+Gaussians. Everything else
 (views, the optimiser, checkpoints, the field file, the query index) is shared. A new method is
 one module here plus one line in :data:`METHODS`.
 """
@@ -52,6 +54,10 @@ class FieldMethod(Protocol):
     def reported_levels(self, field: SemanticField) -> list[str]:
         ...
 
+    def logits(self, field: SemanticField, level: str, feats: torch.Tensor) -> torch.Tensor:
+        """Logits over the level's codebook of features ``[..., d_f]`` -> ``[..., Nc]``."""
+        ...
+
     def pixel_relevance(self, field: SemanticField, level: str, feats: torch.Tensor, queries: np.ndarray,
                         negatives: np.ndarray, temperature: float) -> np.ndarray:  # fmt: skip
         """Relevance ``float32 [B, Q, H, W]`` of rendered features ``[B, H, W, d_f]`` of ``level``."""
@@ -62,3 +68,9 @@ class FieldMethod(Protocol):
                   device: str) -> tuple[LiftMaps, dict[str, int]]:  # fmt: skip
         """Per level, the 2D index maps the query index lifts (and the number of codes)."""
         ...
+
+
+@torch.no_grad()
+def pixel_codes(method: FieldMethod, field: SemanticField, level: str, rendered: torch.Tensor) -> np.ndarray:
+    """Codebook index per pixel ``int64 [..., H, W]`` of rendered features ``[..., H, W, d_f]``."""
+    return method.logits(field, level, rendered.cpu()).argmax(-1).numpy()

@@ -18,8 +18,8 @@ from ...relevance import lerf_relevance
 from ..codebook import LevelCodebook, split_by_counts, train_codebook
 from ..model import SemanticField
 from ..training import CCLObjective, FieldObjective
-from ..views import FieldView, FrozenGaussians, pixel_codes, supervised_views
-from .base import LiftMaps
+from ..views import FieldView, FrozenGaussians, supervised_views
+from .base import FieldMethod, LiftMaps, pixel_codes
 
 #: Bump when the codebook cache's meaning changes.
 CODEBOOK_VERSION = 1
@@ -72,10 +72,10 @@ def run_codebook_stage(
     return result
 
 
-def codes_relevance(field: SemanticField, level: str, feats: torch.Tensor, queries: np.ndarray,
-                    negatives: np.ndarray, temperature: float) -> np.ndarray:  # fmt: skip
+def codes_relevance(method: FieldMethod, field: SemanticField, level: str, feats: torch.Tensor,
+                    queries: np.ndarray, negatives: np.ndarray, temperature: float) -> np.ndarray:  # fmt: skip
     """Codebook methods: each pixel's code, relevance looked up per code ``[B, Q, H, W]``."""
-    codes = pixel_codes(field, level, feats)  # [B, H, W]
+    codes = pixel_codes(method, field, level, feats)  # [B, H, W]
     tables = np.stack([lerf_relevance(field.codebooks[level], q, negatives, temperature) for q in queries])
     return tables[:, codes].transpose(1, 0, 2, 3)
 
@@ -108,7 +108,13 @@ class CCL:
     def reported_levels(self, field: SemanticField) -> list[str]:
         return field.levels
 
-    pixel_relevance = staticmethod(codes_relevance)
+    def logits(self, field: SemanticField, level: str, feats: torch.Tensor) -> torch.Tensor:
+        """The level's MLP decoder classifies a feature into the codebook."""
+        return field.decoders[level](feats)
+
+    def pixel_relevance(self, field: SemanticField, level: str, feats: torch.Tensor, queries: np.ndarray,
+                        negatives: np.ndarray, temperature: float) -> np.ndarray:  # fmt: skip
+        return codes_relevance(self, field, level, feats, queries, negatives, temperature)
 
     def lift_maps(self, field: SemanticField, capture: Capture, priors: list[FramePriors], train_idx: list[int],
                   scene_from_world: np.ndarray, gaussians: FrozenGaussians, codebook_path: Path, cfg: Config,

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ...capture.format import Capture
 from ...config import Config
@@ -50,9 +52,16 @@ class CGC:
     def reported_levels(self, field: SemanticField) -> list[str]:
         return field.levels
 
-    pixel_relevance = staticmethod(codes_relevance)
+    def logits(self, field: SemanticField, level: str, feats: torch.Tensor) -> torch.Tensor:
+        """Cosine to the level's cluster centroids over the field's temperature."""
+        cen = torch.as_tensor(field.centroids[level], dtype=feats.dtype, device=feats.device)
+        return F.normalize(feats, dim=-1) @ cen.T / field.temperature
+
+    def pixel_relevance(self, field: SemanticField, level: str, feats: torch.Tensor, queries: np.ndarray,
+                        negatives: np.ndarray, temperature: float) -> np.ndarray:  # fmt: skip
+        return codes_relevance(self, field, level, feats, queries, negatives, temperature)
 
     def lift_maps(self, field: SemanticField, capture: Capture, priors: list[FramePriors], train_idx: list[int],
                   scene_from_world: np.ndarray, gaussians: FrozenGaussians, codebook_path: Path, cfg: Config,
                   device: str) -> tuple[LiftMaps, dict[str, int]]:  # fmt: skip
-        return rendered_code_maps(field, capture, priors, train_idx, scene_from_world, gaussians, cfg, device)
+        return rendered_code_maps(self, field, capture, priors, train_idx, scene_from_world, gaussians, cfg, device)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ...capture.format import Capture
 from ...config import Config
@@ -17,12 +18,12 @@ from ..codebook import LevelCodebook
 from ..model import GAGS_LEVEL, SemanticField
 from ..training import FieldObjective
 from ..variants import GAGSObjective
-from ..views import FieldView, FrozenGaussians, pixel_codes, render_field, supervised_views
-from .base import LiftMaps
+from ..views import FieldView, FrozenGaussians, render_field, supervised_views
+from .base import FieldMethod, LiftMaps, pixel_codes
 
 
-def rendered_code_maps(field: SemanticField, capture: Capture, priors: list[FramePriors], train_idx: list[int],
-                       scene_from_world: np.ndarray, gaussians: FrozenGaussians, cfg: Config,
+def rendered_code_maps(method: FieldMethod, field: SemanticField, capture: Capture, priors: list[FramePriors],
+                       train_idx: list[int], scene_from_world: np.ndarray, gaussians: FrozenGaussians, cfg: Config,
                        device: str) -> tuple[LiftMaps, dict[str, int]]:  # fmt: skip
     """The variants have no per-mask codes: they vote the field's own rendered pixel codes (the
     codes its 2D relevance reads), on the pixels a SAM mask of the level covers."""
@@ -39,9 +40,14 @@ def rendered_code_maps(field: SemanticField, capture: Capture, priors: list[Fram
             if not covered.any():
                 continue
             maps, cams = out.setdefault(lv, ([], []))
-            maps.append(np.where(covered, pixel_codes(field, lv, rendered[lv])[0], -1))
+            maps.append(np.where(covered, pixel_codes(method, field, lv, rendered[lv])[0], -1))
             cams.append((v.viewmat.cpu().numpy(), v.K.cpu().numpy()))
     return out, num_codes
+
+
+def decoded_vectors(field: SemanticField, level: str, feats: torch.Tensor) -> torch.Tensor:
+    """GAGS' decoded unit CLIP vectors ``[..., D]`` (the decoder's first ``D`` outputs) of features ``[..., d_f]``."""
+    return F.normalize(field.decoders[level](feats)[..., : field.dim], dim=-1)
 
 
 def clip_dim(views: list[FieldView]) -> int:
@@ -73,16 +79,20 @@ class GAGS:
     def reported_levels(self, field: SemanticField) -> list[str]:
         return [GAGS_LEVEL]
 
-    @staticmethod
-    def pixel_relevance(field: SemanticField, level: str, feats: torch.Tensor, queries: np.ndarray,
+    def logits(self, field: SemanticField, level: str, feats: torch.Tensor) -> torch.Tensor:
+        """Decoded vectors against the codebook (spherical k-means of the per-Gaussian vectors)."""
+        cb = torch.as_tensor(field.codebooks[level], dtype=feats.dtype, device=feats.device)
+        return decoded_vectors(field, level, feats) @ cb.T / field.temperature
+
+    def pixel_relevance(self, field: SemanticField, level: str, feats: torch.Tensor, queries: np.ndarray,
                         negatives: np.ndarray, temperature: float) -> np.ndarray:  # fmt: skip
         """Each pixel's decoded CLIP vector against the text."""
         b, h, w = feats.shape[:3]
-        vec = field.vectors(level, feats.cpu()).reshape(-1, field.dim).numpy()
+        vec = decoded_vectors(field, level, feats.cpu()).reshape(-1, field.dim).numpy()
         rel = np.stack([lerf_relevance(vec, q, negatives, temperature) for q in queries])  # [Q, BHW]
         return rel.reshape(len(queries), b, h, w).transpose(1, 0, 2, 3)
 
     def lift_maps(self, field: SemanticField, capture: Capture, priors: list[FramePriors], train_idx: list[int],
                   scene_from_world: np.ndarray, gaussians: FrozenGaussians, codebook_path: Path, cfg: Config,
                   device: str) -> tuple[LiftMaps, dict[str, int]]:  # fmt: skip
-        return rendered_code_maps(field, capture, priors, train_idx, scene_from_world, gaussians, cfg, device)
+        return rendered_code_maps(self, field, capture, priors, train_idx, scene_from_world, gaussians, cfg, device)
