@@ -11,7 +11,9 @@ from test_query_engine import FakeTextEncoder, cfg, codebook, two_mugs_scene
 
 from ccl_lgs_ros.query.engine import QueryEngine
 from ccl_lgs_ros.query.export import export_result, write_gaussians_ply
-from ccl_lgs_ros.query.index import SH_C0
+
+#: 1 / (2 sqrt(pi)), the degree-0 real SH basis (3DGS: rgb = 0.5 + C0 * f_dc), typed in by hand.
+SH_C0_BY_HAND = 0.28209479177387814
 
 
 def test_gaussian_ply_uses_the_3dgs_layout_and_activations(tmp_path):
@@ -45,7 +47,7 @@ def test_gaussian_ply_uses_the_3dgs_layout_and_activations(tmp_path):
     assert np.allclose(np.stack([v["x"], v["y"], v["z"]], 1), means, atol=1e-6)
     assert np.allclose(1 / (1 + np.exp(-v["opacity"])), opac, atol=1e-5)
     assert np.allclose(np.exp(np.stack([v[f"scale_{i}"] for i in range(3)], 1)), scales, rtol=1e-5)
-    assert np.allclose(0.5 + SH_C0 * np.stack([v[f"f_dc_{i}"] for i in range(3)], 1), colors, atol=1e-5)
+    assert np.allclose(0.5 + SH_C0_BY_HAND * np.stack([v[f"f_dc_{i}"] for i in range(3)], 1), colors, atol=1e-5)
     q = np.stack([v[f"rot_{i}"] for i in range(4)], 1)
     assert np.allclose(q, quats / np.linalg.norm(quats, axis=1, keepdims=True), atol=1e-6)
     g = load_ply_3dgs(tmp_path / "g.ply")  # the original 3DGS loader reads it (asserts 45 f_rest)

@@ -16,9 +16,10 @@ from ..io import atomic_write_json
 from ..ply import colors_to_u8, write_vertex_ply
 from ..ply import write_points_ply as write_ply_points
 from ..splat.ply import EXPORT_SH_DEGREE, splat_vertex
+from ..splat.project import SH_C0
 from ..viz import BoxMarker, TextMarker, render_rviz_like
 from .engine import QueryResult
-from .index import SH_C0, SemanticIndex
+from .index import SemanticIndex
 
 
 def write_points_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = None) -> None:

@@ -18,10 +18,9 @@ import numpy as np
 
 from ..geometry import quat_multiply_wxyz, rotmat_to_quat_wxyz, split_similarity
 from ..io import atomic_save_npz, load_npz
+from ..splat.project import SH_C0
 
 INDEX_FORMAT_VERSION = 1
-#: Zeroth-order spherical-harmonics constant: rgb = 0.5 + SH_C0 * f_dc.
-SH_C0 = 0.28209479177387814
 
 
 @dataclass

@@ -20,18 +20,18 @@ from torch import Tensor, nn
 
 from ..geometry import activate_opacities, activate_scales
 from ..io import atomic_save_npz, load_npz, read_json
-from .project import _SH_C0, num_sh_bases
+from .project import SH_C0, num_sh_bases
 
 FORMAT_VERSION = 1
 
 
 def rgb_to_sh0(rgb: Tensor | np.ndarray) -> Tensor | np.ndarray:
     """Colour in 0..1 -> the degree-0 SH coefficient giving it (the renderer adds 0.5)."""
-    return (rgb - 0.5) / _SH_C0
+    return (rgb - 0.5) / SH_C0
 
 
 def sh0_to_rgb(sh0: Tensor | np.ndarray) -> Tensor | np.ndarray:
-    return sh0 * _SH_C0 + 0.5
+    return sh0 * SH_C0 + 0.5
 
 
 class GaussianModel(nn.Module):

@@ -138,8 +138,9 @@ def project_gaussians(
     return Projection(radii=radii, means2d=means2d, depths=means_c[..., 2], conics=conics)
 
 
-# Real spherical-harmonics constants (degree 0..3), the ones 3DGS and gsplat use.
-_SH_C0 = 0.28209479177387814
+# Real spherical-harmonics constants (degree 0..3), the ones 3DGS and gsplat use. SH_C0 is the
+# project's one copy of the degree-0 constant: rgb = 0.5 + SH_C0 * f_dc.
+SH_C0 = 0.28209479177387814
 _SH_C1 = 0.4886025119029199
 _SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
 _SH_C3 = (
@@ -153,7 +154,7 @@ def sh_bases(degree: int, dirs: Tensor) -> Tensor:
     if not 0 <= degree <= 3:
         raise ValueError(f"sh_degree must be in 0..3, got {degree}")
     x, y, z = torch.unbind(dirs, dim=-1)
-    out = [torch.full_like(x, _SH_C0)]
+    out = [torch.full_like(x, SH_C0)]
     if degree >= 1:
         out += [-_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x]
     if degree >= 2:
