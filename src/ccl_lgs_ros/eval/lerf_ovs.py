@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..capture.format import Capture
+from ..config import Config
 from ..io import read_json
 from ..semantics.relevance import RelevanceRenderer, safe_name, write_relevance_pngs
 from .metrics2d import (
@@ -96,8 +97,9 @@ def find_frame(by_stem: dict, stem: str) -> int | None:
     return by_stem.get(key) if key is not None else None
 
 
-def evaluate_lerf_ovs(scene_dir, capture: Capture, labels: Path, cfg, device: str = "cpu", out_dir=None,  # noqa: ANN001
-                      options: LerfOptions = LANGSPLAT_OPTIONS) -> dict:  # fmt: skip
+def evaluate_lerf_ovs(scene_dir: str | Path, capture: Capture, labels: Path, cfg: Config, device: str = "cpu",
+                      out_dir: str | Path | None = None,
+                      options: LerfOptions = LANGSPLAT_OPTIONS) -> dict[str, Any]:  # fmt: skip
     """Run the LERF-OVS protocol for every label file in ``labels`` (a folder or one JSON).
 
     Returns:

@@ -41,10 +41,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from ..capture.format import Capture
+from ..config import Config
 from ..semantics.relevance import SMOOTH_SIZE, RelevanceRenderer, box_filter, safe_name, write_relevance_pngs
 from ..splat.data import split_indices
 
@@ -309,8 +313,13 @@ def label_masks(instance_ids: np.ndarray, instances: Sequence[Mapping]) -> dict[
 
 
 def evaluate_synthetic_2d(
-    scene_dir, capture, cfg, device: str = "cpu", out_dir=None, frames: Sequence[int] | None = None
-) -> dict:  # noqa: ANN001 - Path-likes, Capture, Config
+    scene_dir: str | Path,
+    capture: Capture,
+    cfg: Config,
+    device: str = "cpu",
+    out_dir: str | Path | None = None,
+    frames: Sequence[int] | None = None,
+) -> dict[str, Any]:
     """The ``synthetic`` 2D protocol on held-out views (see module docstring).
 
     Args:
@@ -325,8 +334,6 @@ def evaluate_synthetic_2d(
         ``{"protocol": "synthetic-2d", "miou", "loc_accuracy", "per_label": {label: {"miou",
         "loc_accuracy", "views"}}, "frames": [...]}``.
     """
-    from pathlib import Path
-
     renderer = RelevanceRenderer(scene_dir, cfg.query.negatives, device=device, backend=cfg.rgb.backend,
                                  temperature=cfg.query.temperature)
     if frames is None:

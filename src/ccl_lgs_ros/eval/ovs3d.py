@@ -30,10 +30,12 @@ reference's field has one level).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..capture.format import Capture
+from ..config import Config
 from ..semantics.relevance import RelevanceRenderer, pick_level, safe_name, write_relevance_pngs
 from .metrics2d import OVS3D_THRESHOLD, ovs3d_image_miou, protocol_mean
 
@@ -63,8 +65,9 @@ def _resolve_view(name: str, capture: Capture) -> int | None:
     return None
 
 
-def evaluate_3d_ovs(scene_dir, capture: Capture, labels: Path, cfg, device: str = "cpu", out_dir=None,  # noqa: ANN001
-                    missing_class: str = "skip", nan_mean: str = "propagate") -> dict:  # fmt: skip
+def evaluate_3d_ovs(scene_dir: str | Path, capture: Capture, labels: Path, cfg: Config, device: str = "cpu",
+                    out_dir: str | Path | None = None, missing_class: str = "skip",
+                    nan_mean: str = "propagate") -> dict[str, Any]:  # fmt: skip
     """Run the 3D-OVS protocol. Returns ``{"protocol": "3d-ovs", "miou", "images": {view: miou}, ...}``."""
     if missing_class not in ("skip", "empty"):
         raise ValueError(f"missing_class must be 'skip' or 'empty', not {missing_class!r}")

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..capture.format import Capture, write_image
+from ..config import Config
 from ..scene.layout import SceneDir
 from ..scene.load import load_scene
 from ..semantics.relevance import safe_name
@@ -83,8 +84,8 @@ class SelectionRenderer:
         return out.cpu().numpy() > self.alpha_threshold
 
 
-def evaluate_3d(scene_dir, capture: Capture, cfg, labels: Path | None = None, device: str = "cpu",  # noqa: ANN001
-                out_dir=None, occlusion: bool = False, alpha_threshold: float = ALPHA_THRESHOLD,  # noqa: ANN001
+def evaluate_3d(scene_dir: str | Path, capture: Capture, cfg: Config, labels: Path | None = None, device: str = "cpu",
+                out_dir: str | Path | None = None, occlusion: bool = False, alpha_threshold: float = ALPHA_THRESHOLD,
                 frames: list[int] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run the 3D protocol (see module docstring).
 
