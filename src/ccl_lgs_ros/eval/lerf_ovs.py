@@ -19,6 +19,7 @@ category), localisation accuracy likewise (hits / pairs).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,23 @@ def find_frame(by_stem: dict, stem: str) -> int | None:
     return by_stem.get(key) if key is not None else None
 
 
+def labelled_frames(files: list[Path], capture: Capture, vertices: str,
+                    missing: list[str]) -> Iterator[tuple[str, int, dict[str, Any]]]:  # fmt: skip
+    """Each label file whose image is a frame of ``capture``: ``(stem, frame index, labels)``.
+
+    The stems of the others are appended to ``missing`` (every protocol reports them, none fails).
+    """
+    by_stem = frame_by_stem(capture)
+    for path in files:
+        lab = read_lerf_labels(path, vertices)
+        stem = Path(lab["name"]).stem
+        index = find_frame(by_stem, stem)
+        if index is None:
+            missing.append(stem)
+            continue
+        yield stem, index, lab
+
+
 def evaluate_lerf_ovs(scene_dir: str | Path, capture: Capture, labels: Path, cfg: Config, device: str = "cpu",
                       out_dir: str | Path | None = None,
                       options: LerfOptions = LANGSPLAT_OPTIONS) -> dict[str, Any]:  # fmt: skip
@@ -109,18 +127,11 @@ def evaluate_lerf_ovs(scene_dir: str | Path, capture: Capture, labels: Path, cfg
     files = label_files(Path(labels))
     renderer = RelevanceRenderer(scene_dir, cfg.query.negatives, device=device, backend=cfg.rgb.backend,
                                  temperature=cfg.query.temperature)
-    by_stem = frame_by_stem(capture)
     ious: list[float] = []
     locs: list[float] = []
     frames: dict[str, Any] = {}
     missing: list[str] = []
-    for path in files:
-        lab = read_lerf_labels(path, options.vertices)
-        stem = Path(lab["name"]).stem
-        index = find_frame(by_stem, stem)
-        if index is None:
-            missing.append(stem)
-            continue
+    for stem, index, lab in labelled_frames(files, capture, options.vertices, missing):
         cats = sorted(lab["categories"])
         if not cats:
             continue

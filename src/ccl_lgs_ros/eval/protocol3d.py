@@ -35,7 +35,7 @@ from ..scene.load import load_scene
 from ..semantics.relevance import safe_name
 from ..semantics.views import FrozenGaussians, camera_view, render_features
 from ..splat.data import split_indices
-from .lerf_ovs import find_frame, frame_by_stem, label_files, read_lerf_labels
+from .lerf_ovs import label_files, labelled_frames
 from .metrics2d import LANGSPLAT_OPTIONS, iou, label_masks, protocol_mean
 
 #: Rendered accumulated weight above which a pixel belongs to the rendered selection.
@@ -103,17 +103,11 @@ def evaluate_3d(scene_dir: str | Path, capture: Capture, cfg: Config, labels: Pa
             write_image(Path(out_dir) / f"{name}_3d_mask.png", np.repeat(m[..., None], 3, axis=2))
 
     if labels is not None:
-        by_stem = frame_by_stem(capture)
         ious: list[float] = []
         per_frame: dict[str, dict[str, float]] = {}
         missing: list[str] = []
-        for path in label_files(Path(labels)):
-            lab = read_lerf_labels(path, LANGSPLAT_OPTIONS.vertices)
-            stem = Path(lab["name"]).stem
-            index = find_frame(by_stem, stem)
-            if index is None:
-                missing.append(stem)
-                continue
+        for stem, index, lab in labelled_frames(label_files(Path(labels)), capture, LANGSPLAT_OPTIONS.vertices,
+                                                missing):  # fmt: skip
             per_frame[stem] = {}
             for cat in sorted(lab["categories"]):
                 pred = sel.mask(capture, index, cat, lab["width"], lab["height"])

@@ -80,17 +80,27 @@ def codes_relevance(method: FieldMethod, field: SemanticField, level: str, feats
     return tables[:, codes].transpose(1, 0, 2, 3)
 
 
+def configured_prior_levels(cfg: Config) -> tuple[str, ...]:
+    """Per-level methods (CCL-LGS, CGC): the priors levels are ``field.levels`` (default: CCL-LGS's)."""
+    return tuple(cfg.field.levels) if cfg.field.levels else CCL_LEVELS
+
+
+def configured_train_levels(cfg: Config, present: list[str]) -> list[str]:
+    """Per-level methods: ``field.levels`` that the priors hold, in the config's order; none is an error."""
+    wanted = [lv for lv in cfg.field.levels if lv in present]
+    if not wanted:
+        raise ValueError(f"none of the field levels {cfg.field.levels} is in the priors (have {present})")
+    return wanted
+
+
 class CCL:
     name = "ccl"
 
     def prior_levels(self, cfg: Config) -> tuple[str, ...]:
-        return tuple(cfg.field.levels) if cfg.field.levels else CCL_LEVELS
+        return configured_prior_levels(cfg)
 
     def train_levels(self, cfg: Config, present: list[str]) -> list[str]:
-        wanted = [lv for lv in cfg.field.levels if lv in present]
-        if not wanted:
-            raise ValueError(f"none of the field levels {cfg.field.levels} is in the priors (have {present})")
-        return wanted
+        return configured_train_levels(cfg, present)
 
     def codebooks(self, codebook_path: Path, priors: list[FramePriors], meta: dict[str, Any], levels: list[str],
                   cfg: Config, device: str, progress: bool) -> dict[str, LevelCodebook]:  # fmt: skip

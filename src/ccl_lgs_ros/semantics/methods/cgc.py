@@ -12,14 +12,14 @@ import torch.nn.functional as F
 
 from ...capture.format import Capture
 from ...config import Config
-from ...priors.types import CCL_LEVELS, FramePriors
+from ...priors.types import FramePriors
 from ..codebook import LevelCodebook
 from ..model import SemanticField
 from ..training import FieldObjective
 from ..variants import CGCObjective
 from ..views import FieldView, FrozenGaussians
 from .base import LiftMaps
-from .ccl import codes_relevance
+from .ccl import codes_relevance, configured_prior_levels, configured_train_levels
 from .gags import rendered_code_maps
 
 #: CGC's spatial regulariser is part of the method; this weight applies when the config leaves it at 0.
@@ -30,13 +30,10 @@ class CGC:
     name = "cgc"
 
     def prior_levels(self, cfg: Config) -> tuple[str, ...]:
-        return tuple(cfg.field.levels) if cfg.field.levels else CCL_LEVELS
+        return configured_prior_levels(cfg)
 
     def train_levels(self, cfg: Config, present: list[str]) -> list[str]:
-        wanted = [lv for lv in cfg.field.levels if lv in present]
-        if not wanted:
-            raise ValueError(f"none of the field levels {cfg.field.levels} is in the priors (have {present})")
-        return wanted
+        return configured_train_levels(cfg, present)
 
     def codebooks(self, codebook_path: Path, priors: list[FramePriors], meta: dict[str, Any], levels: list[str],
                   cfg: Config, device: str, progress: bool) -> dict[str, LevelCodebook]:  # fmt: skip
