@@ -89,10 +89,30 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed as dist
     from .pipeline import train
 
     cfg = _config_from_args(args)
-    result = train(args.capture, args.scene, cfg, stages=args.stage, fresh=args.fresh)
+    if args.nproc:
+        cfg.distributed.nproc = args.nproc
+    d = cfg.distributed
+    if not dist.under_launcher() and dist.wants_launch(d.nproc, d.nnodes):
+        # `--nproc N` without torchrun: start torchrun with this same command line.
+        # (--nproc is dropped: torchrun's parser would take it for an abbreviation of its own option)
+        own = dist.strip_option(args.argv, "--nproc")
+        argv = dist.launcher_argv(d.nproc, d.nnodes, d.rdzv_endpoint, d.rdzv_id, own)
+        return dist.launch(argv, local=not d.rdzv_endpoint)
+    ctx = None
+    if dist.under_launcher():
+        ctx = dist.init_from_env(cfg.device, d.timeout_s)
+        cfg.device = ctx.device
+        dist.setup_rank_logging(ctx, Path(d.log_dir).expanduser() if d.log_dir else Path(args.scene) / "logs")
+    try:
+        result = train(args.capture, args.scene, cfg, stages=args.stage, fresh=args.fresh)
+    finally:
+        dist.shutdown()
+    if ctx is not None and not ctx.is_main:
+        return 0
     if args.json:
         _print_json(result)
     else:
@@ -201,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run up to this stage (earlier stages are reused when cached)")
     p.add_argument("--fresh", action="store_true", help="ignore cached stages")
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
+    p.add_argument("--nproc", type=int, default=0, metavar="N",
+                   help="run on N processes: starts torchrun itself (same as --set distributed.nproc=N); "
+                        "under torchrun every rank runs this command and this is ignored")
     _add_config_args(p, preset_default="default")
     p.set_defaults(func=cmd_train)
 
@@ -247,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` relaunches itself under torchrun
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):

@@ -381,6 +381,45 @@ class NodeConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Training on several processes (torch.distributed; see README "Training on several GPUs or machines")."""
+
+    nproc: int = _f(
+        1,
+        "Processes (ranks) `ccl-lgs train` starts on this machine through torchrun (one per GPU on "
+        "CUDA); 1 = one process, no torch.distributed. Ignored when already started by torchrun.",
+        min=1,
+    )
+    nnodes: int = _f(1, "Machines taking part (torchrun --nnodes); > 1 needs rdzv_endpoint.", min=1)
+    rdzv_endpoint: str = _f(
+        "",
+        "HOST:PORT of torchrun's c10d rendezvous for several machines (the same on every machine); "
+        "empty = this machine only, rendezvous on 127.0.0.1.",
+    )
+    rdzv_id: str = _f("ccl-lgs", "Job id of the rendezvous (the same on every machine of one run).")
+    timeout_s: float = _f(
+        1800.0,
+        "Seconds a rank waits in a collective (barrier, all-reduce) before it gives up; a rank that "
+        "dies is noticed at once through its closed connection, this bounds a silent hang (it also "
+        "bounds how long the other ranks wait while rank 0 alone runs association or the codebook).",
+        min=1.0,
+    )
+    scale_steps: bool = _f(
+        True,
+        "Data-parallel stages (rgb, field) run iterations / world_size steps of world_size views each "
+        "(gsplat simple_trainer's steps_scaler = 1 / world_size), so the run sees about as many views "
+        "as one process; false = the full iteration count (more views in total, no speed-up).",
+    )
+    log_dir: str = _f("", "Folder of the per-rank log files of ranks > 0; empty = SCENE/logs.")
+    gsplat_distributed: bool = _f(
+        False,
+        "RGB stage on CUDA: partition the Gaussians across ranks and render with gsplat's "
+        "rasterization(distributed=True) (scenes larger than one GPU's memory) instead of a full copy "
+        "per rank with averaged gradients.",
+    )
+
+
+@dataclass
 class Config:
     """Root of the configuration tree.
 
@@ -394,6 +433,7 @@ class Config:
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     query: QueryConfig = dataclasses.field(default_factory=QueryConfig)
     node: NodeConfig = dataclasses.field(default_factory=NodeConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
 
 #: Named presets: overrides applied on top of the defaults (then YAML, then explicit overrides).
@@ -612,6 +652,7 @@ __all__ = [
     "CaptureConfig",
     "Config",
     "ConfigError",
+    "DistributedConfig",
     "FieldConfig",
     "NodeConfig",
     "PriorsConfig",

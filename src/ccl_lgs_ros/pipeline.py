@@ -21,6 +21,7 @@ from .scene.layout import SCENE_FORMAT_VERSION, SceneDir
 from .semantics import train_field
 from .semantics.methods import field_method
 from .splat.trainer import train_rgb
+from .distributed import context as dist_context
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,11 @@ def _absolute_checkpoint(spec: Any) -> Any:
     return spec
 
 
+def _write_record(scene: SceneDir, record: dict[str, Any]) -> None:
+    if dist_context().is_main:  # several ranks: rank 0 alone writes the scene
+        scene.write_record(record)
+
+
 def train(capture_path: str | Path, scene_dir: str | Path, cfg: Config, stages: str = "all",
           fresh: bool = False) -> dict[str, Any]:
     """Run the pipeline (up to ``stages``) and return the scene record."""
@@ -95,8 +101,11 @@ def train(capture_path: str | Path, scene_dir: str | Path, cfg: Config, stages: 
         done.clear()
     last = STAGES.index(stages) if stages in STAGES else len(STAGES) - 1
 
-    def finished(stage: str) -> bool:
-        return done.get(stage, {}).get("digest") == _stage_digest(cfg, stage, cap_digest)
+    ctx = dist_context()  # several ranks (distributed.py): every stage runs on all of them
+
+    def finished(stage: str, *more: bool) -> bool:
+        ok = done.get(stage, {}).get("digest") == _stage_digest(cfg, stage, cap_digest) and all(more)
+        return bool(ctx.agree(ok, f"whether the {stage} stage is done"))
 
     t_all = time.monotonic()
     # -- 1. RGB Gaussians ------------------------------------------------------------------
@@ -105,12 +114,13 @@ def train(capture_path: str | Path, scene_dir: str | Path, cfg: Config, stages: 
         t0 = time.monotonic()
         metrics = train_rgb(capture, cfg, scene.rgb_dir, device=device, progress=True, resume=not fresh)
         done["rgb"] = {"digest": _stage_digest(cfg, "rgb", cap_digest), "seconds": time.monotonic() - t0,
-                       "metrics": metrics}
+                       "metrics": metrics, **ctx.record()}
         done.pop("field", None)  # the field lives on these Gaussians
-        scene.write_record(record)
+        _write_record(scene, record)
+        ctx.barrier("the end of the rgb stage")
     record["world_from_scene"] = scene.world_from_scene().tolist()
     if last == 0:
-        scene.write_record(record)
+        _write_record(scene, record)
         return record
 
     # -- 2. 2D priors -----------------------------------------------------------------------
@@ -120,23 +130,28 @@ def train(capture_path: str | Path, scene_dir: str | Path, cfg: Config, stages: 
         t0 = time.monotonic()
         stats = compute_priors(capture, cfg, scene.priors_dir, device=device, levels=levels)
         done["priors"] = {"digest": _stage_digest(cfg, "priors", cap_digest), "seconds": time.monotonic() - t0,
-                          "stats": stats}
+                          "stats": stats, **ctx.record()}
         done.pop("field", None)
         record["text_encoder"] = _absolute_checkpoint(stats.get("text_encoder"))
-        scene.write_record(record)
+        _write_record(scene, record)
+        ctx.barrier("the end of the priors stage")
     if last == 1:
         return record
 
     # -- 3. codebook + semantic field + query index ------------------------------------------
-    if not finished("field") or not scene.query_index.is_file():
+    if not finished("field", scene.query_index.is_file()):
         _announce("field", f"codebook and semantic field ({cfg.field.method})")
         t0 = time.monotonic()
         metrics = train_field(scene_dir, capture, cfg, device=device, progress=True)
-        _announce("index", "building the 3D query index")
-        index_stats = build_query_index(scene_dir, capture.frame_id, capture=capture, cfg=cfg, device=device)
+        index_stats: dict[str, Any] = {}
+        if ctx.is_main:  # the query index is rank 0's alone
+            _announce("index", "building the 3D query index")
+            index_stats = build_query_index(scene_dir, capture.frame_id, capture=capture, cfg=cfg, device=device)
         done["field"] = {"digest": _stage_digest(cfg, "field", cap_digest), "seconds": time.monotonic() - t0,
-                         "metrics": metrics, "index": index_stats}
+                         "metrics": metrics, "index": index_stats, **ctx.record()}
     record["seconds_total_last_run"] = time.monotonic() - t_all
-    scene.write_record(record)
+    record["distributed"] = ctx.record()
+    _write_record(scene, record)
+    ctx.barrier("the end of the run")
     _announce("done", f"scene ready at {scene_dir}")
     return record

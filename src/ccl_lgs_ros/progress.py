@@ -22,6 +22,11 @@ def json_mode() -> bool:
     return os.environ.get(ENV_VAR, "").lower() == "json"
 
 
+def _other_rank() -> bool:
+    """Under torchrun only rank 0 reports progress (the others log to their own files)."""
+    return os.environ.get("RANK", "0") != "0"
+
+
 def progress_record(stage: str, step: int, total: int, eta_s: float | None, message: str,
                     metrics: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """The one format of a progress line (what :func:`parse_progress_line` reads back)."""
@@ -34,7 +39,7 @@ def progress_record(stage: str, step: int, total: int, eta_s: float | None, mess
 
 def write_progress_line(record: dict[str, Any]) -> None:
     """One JSON progress line on stdout, flushed (only in JSON mode; see :func:`json_mode`)."""
-    if json_mode():
+    if json_mode() and not _other_rank():
         sys.stdout.write(json.dumps(record) + "\n")
         sys.stdout.flush()
 
@@ -55,7 +60,8 @@ class Progress:
         self._start = time.monotonic()
         self._last_emit = 0.0
         self._min_interval = min_interval
-        self._json = json_mode()
+        disable = disable or _other_rank()
+        self._json = json_mode() and not _other_rank()
         self._bar = None
         if not self._json and not disable:
             self._bar = tqdm(total=self.total, desc=stage, unit=unit, leave=False,

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..capture.format import Capture
 from ..config import Config
+from ..distributed import context as dist_context
 from ..progress import Progress
 from . import cache
 from .types import CCL_LEVELS, FramePriors, PriorsBackend, TextEncoder
@@ -133,21 +134,27 @@ def compute_priors(
     inputs_digest = cache.json_digest(digests)
     n = len(capture.frames)
 
+    # Several ranks (distributed.py): rank 0 alone clears and writes the cache's meta and labels;
+    # the frames to compute are split across ranks, association runs on rank 0 after them.
+    ctx = dist_context()
     meta = cache.read_meta(out_dir)
-    same_version = meta is not None and meta.get("format_version") == cache.CACHE_VERSION
-    if meta is None or not same_version or meta.get("frame_settings") != frame_settings:
-        cache.clear(out_dir)  # other settings or version: nothing is reusable
-    cache.clear(out_dir, keep_below=n)  # frames beyond the capture's end are stale
+    with ctx.main_first("the priors cache check"):
+        if ctx.is_main:
+            same_version = meta is not None and meta.get("format_version") == cache.CACHE_VERSION
+            if meta is None or not same_version or meta.get("frame_settings") != frame_settings:
+                cache.clear(out_dir)  # other settings or version: nothing is reusable
+            cache.clear(out_dir, keep_below=n)  # frames beyond the capture's end are stale
     todo = [i for i in range(n) if not cache.frame_is_valid(out_dir, i, digests[i], frame_settings)]
+    todo = ctx.agree(todo, "the priors frames to compute")
     labels = cache.load_labels(out_dir)
     assoc_valid = (
         not todo
         and labels is not None
         and str(labels.get("assoc_digest", "")) == cache.digest([assoc_settings, inputs_digest])
     )
-    if meta is not None and meta.get("complete") and assoc_valid:
+    if ctx.agree(meta is not None and bool(meta.get("complete")) and assoc_valid, "the priors resume decision"):
         return {
-            **meta["stats"],
+            **(meta or {}).get("stats", {}),
             "computed": 0,
             "reused": n,
             "associated": False,
@@ -168,21 +175,29 @@ def compute_priors(
         "settings": settings,
         "text_encoder": encoder_spec,
     }
-    cache.write_meta(out_dir, {**base_meta, "complete": False})
+    if ctx.is_main:
+        cache.write_meta(out_dir, {**base_meta, "complete": False})
 
     t_frames = time.monotonic()
-    with Progress(stage="priors", total=len(todo) + 1, unit="frame", disable=not progress) as bar:
-        for done, i in enumerate(todo, start=1):
+    mine = todo[ctx.rank :: ctx.world_size]
+    with Progress(stage="priors", total=len(mine) + 1, unit="frame", disable=not progress) as bar:
+        for done, i in enumerate(mine, start=1):
             fp = backend.frame_priors(capture, i, levels)
             _check_frame(fp, levels, i)
             cache.save_frame(out_dir, i, fp, digests[i], frame_settings)
             fps = done / max(time.monotonic() - t_frames, 1e-9)
             bar.update(1, message=f"frame {i + 1}/{n}", fps=round(fps, 2))
         frames_s = time.monotonic() - t_frames
+        ctx.barrier("the sharded priors frames (every rank's frames must be in the cache)")
+        wait_s = time.monotonic() - t_frames - frames_s
+        if not ctx.is_main:
+            return {"computed": len(mine), "frames_s": frames_s, **ctx.record()}
         # Association needs every frame; masks come back from the cache (frames are small).
+        t_assoc = time.monotonic()
         all_priors = [cache.load_frame(out_dir, i) for i in range(n)]
         backend.associate(capture, all_priors, levels)
         cache.save_labels(out_dir, all_priors, cache.digest([assoc_settings, inputs_digest]))
+        assoc_s = time.monotonic() - t_assoc
         bar.update(1, message="association done")
 
     stats = {
@@ -200,6 +215,10 @@ def compute_priors(
         "associated": True,
         "seconds": time.monotonic() - t0,
         "frames_per_s": len(todo) / frames_s if todo and frames_s > 0 else None,
+        "frames_s": frames_s,  # this rank's share of the per-frame work
+        "wait_s": wait_s,  # waiting for the other ranks' frames
+        "association_s": assoc_s,  # sequential, on rank 0 alone
+        **(ctx.record() if ctx.enabled else {}),
     }
 
 

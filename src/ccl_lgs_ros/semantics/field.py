@@ -28,6 +28,7 @@ import torch
 
 from ..capture.format import Capture
 from ..config import Config, digest
+from ..distributed import context as dist_context
 from ..io import atomic_write_json, read_json
 from ..priors.stage import load_priors
 from ..priors.types import FramePriors
@@ -81,16 +82,22 @@ def train_field(scene_dir: Path, capture: Capture, cfg: Config, device: str, pro
         raise ValueError(f"priors have {len(priors)} frames, the capture {len(capture.frames)}")
     levels = field_levels(cfg, priors)
     f = cfg.field
+    ctx = dist_context()  # several ranks: data-parallel field, rank 0 alone writes (distributed.py)
+    iterations = ctx.scaled_steps(f.iterations, cfg.distributed.scale_steps)
     settings = digest({
         "version": FIELD_STAGE_VERSION, "field": dataclasses.asdict(f), "levels": levels,
         "holdout_every": cfg.rgb.holdout_every, "gaussians": _file_stamp(gauss_path),
         "priors": [meta.get(k) for k in ("frame_settings", "assoc_settings", "inputs_digest")],
+        **({"world_size": ctx.world_size, "iterations": iterations} if ctx.enabled else {}),
     })  # fmt: skip
     record_path = scene.field_record
+    finished = None
     if record_path.is_file() and scene.field.is_file():
         record = read_json(record_path)
         if record.get("completed") and record.get("settings") == settings:
-            return dict(record["metrics"], skipped=True)
+            finished = dict(record["metrics"], skipped=True)
+    if ctx.agree(finished is not None, "the field resume decision"):
+        return finished or {"skipped": True, **ctx.record()}
 
     gaussians = FrozenGaussians.load(gauss_path, device)
     scene_from_world = scene.scene_from_world()
@@ -98,19 +105,24 @@ def train_field(scene_dir: Path, capture: Capture, cfg: Config, device: str, pro
     backend = cfg.rgb.backend
 
     method = field_method(cfg)
-    codebooks = method.codebooks(scene.codebook, priors, meta, levels, cfg, device, progress)
+    with ctx.main_first("the codebook (rank 0 learns it, the others read it back)"):
+        codebooks = method.codebooks(scene.codebook, priors, meta, levels, cfg, device, progress)
     codes = {lv: cb.mask_codes for lv, cb in codebooks.items()} or None
     views = supervised_views(capture, priors, train_idx, scene_from_world, levels, codes, device)
     objective, spatial = method.objective(len(gaussians), levels, views, codebooks, cfg, device)
 
     ckpt = out_dir / "ckpt.npz"
-    with Progress(stage="field", total=max(1, f.iterations), disable=not progress) as bar:
+    with Progress(stage="field", total=max(1, iterations), disable=not progress) as bar:
         run = optimise(
-            objective, gaussians, views, iterations=f.iterations, lr=f.lr, batch_views=f.batch_views,
+            objective, gaussians, views, iterations=iterations, lr=f.lr, batch_views=f.batch_views,
             spatial_lambda=spatial, spatial_knn=f.spatial_knn, backend=backend, seed=f.seed, checkpoint=ckpt,
             checkpoint_every=f.checkpoint_every, settings_digest=settings,
             on_step=lambda s, m: bar.update(1, loss=round(m["loss"], 4)),
         )  # fmt: skip
+        dist_metrics: dict[str, Any] = {k: run[k] for k in ("world_size", "backend", "rank_param_digests",
+                                              "allreduce_bytes_per_step") if k in run}  # fmt: skip
+        if not ctx.is_main:
+            return {"steps": iterations, "resumed_from": run["resumed_from"], **dist_metrics}
         with torch.no_grad():
             field = objective.finish(gaussians, views, backend)
     field.save(scene.field)
@@ -122,9 +134,10 @@ def train_field(scene_dir: Path, capture: Capture, cfg: Config, device: str, pro
         "levels": method.reported_levels(field),
         "n_gaussians": len(gaussians),
         "train_views": len(views),
-        "steps": f.iterations,
+        "steps": iterations,
         "resumed_from": run["resumed_from"],
         "seconds": time.monotonic() - t0,
+        **dist_metrics,
     }
     if history:
         tenth = max(1, len(history) // 10)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..distributed import context as dist_context
 from ..io import atomic_save_npz, load_npz
 from .model import MLPDecoder, SemanticField
 from .spatial import SpatialRegularizer
@@ -146,16 +147,22 @@ def optimise(
     """
     if not views:
         raise ValueError("no training views with priors")
+    ctx = dist_context()  # several ranks: each draws its own batches, gradients averaged every step
     params = objective.parameters()
-    opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
-    rng = np.random.default_rng(seed)
+    lr, betas, eps = ctx.adam_scaling(lr, (0.9, 0.999), 1e-8)
+    opt = torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
+    rank_key = [ctx.rank] if ctx.enabled else []
+    rng = np.random.default_rng([seed, 0, *rank_key] if ctx.enabled else seed)
     start = 0
     if checkpoint is not None and checkpoint.is_file():
         arrays = load_npz(checkpoint)
         if str(arrays.get("settings_digest", "")) == settings_digest:
             _restore(arrays, opt, params)
             start = int(arrays["step"])
-            rng = np.random.default_rng([seed, start])
+            rng = np.random.default_rng([seed, start, *rank_key])
+    if ctx.enabled:  # one start everywhere (the objectives' seeded initialisation should agree anyway)
+        ctx.broadcast_(params, "the initial field broadcast")
+    bytes0 = ctx.bytes_reduced
     spatial = None
     if spatial_lambda > 0:
         spatial = SpatialRegularizer(gaussians.means.detach().cpu().numpy(), spatial_knn, seed=seed,
@@ -177,15 +184,24 @@ def optimise(
         opt.zero_grad(set_to_none=True)
         if loss.requires_grad:
             loss.backward()
+        if ctx.enabled:
+            ctx.average_gradients(params)
+        if any(p.grad is not None for p in params):
             opt.step()
         metrics["loss"] = float(loss.detach())
         history.append(metrics)
         if on_step is not None:
             on_step(step, metrics)
-        if checkpoint is not None and checkpoint_every > 0 and step % checkpoint_every == 0 and step < iterations:
+        if (checkpoint is not None and checkpoint_every > 0 and step % checkpoint_every == 0 and step < iterations
+                and ctx.is_main):
             arrays = {f"param.{i}": p.detach().cpu().numpy() for i, p in enumerate(params)}
             arrays.update(_optimizer_arrays(opt, params))
             arrays["step"] = np.asarray(step)
             arrays["settings_digest"] = np.asarray(settings_digest)
             atomic_save_npz(checkpoint, arrays)
-    return {"history": history, "resumed_from": start}
+    out: dict[str, Any] = {"history": history, "resumed_from": start}
+    if ctx.enabled:
+        out.update(ctx.record())
+        out["rank_param_digests"] = ctx.check_identical(params, "field parameters")
+        out["allreduce_bytes_per_step"] = (ctx.bytes_reduced - bytes0) / max(iterations - start, 1)
+    return out

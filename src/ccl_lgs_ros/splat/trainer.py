@@ -16,6 +16,7 @@ recorded metrics when the stage already finished with the same settings.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -28,6 +29,7 @@ import torch
 
 from ..capture.format import Capture, CaptureError
 from ..config import Config, RgbConfig
+from ..distributed import context as dist_context
 from ..io import atomic_save_npz, atomic_write_json, load_npz, read_json
 from ..progress import Progress
 from .data import camera_centers, initial_points, load_view, scene_normalization, split_indices
@@ -59,15 +61,24 @@ def _make_optimizers(model: GaussianModel, rgb: RgbConfig) -> dict[str, torch.op
         "opacities": rgb.lr_opacities, "sh0": rgb.lr_sh, "shN": rgb.lr_sh / 20.0,
     }  # fmt: skip
     # One optimizer per parameter: gsplat's strategies edit each optimizer's state with its parameter.
+    # Several ranks: Adam scaled for the world_size times larger batch (distributed.DistContext.adam_scaling).
+    scaled = {k: dist_context().adam_scaling(lr, (0.9, 0.999), 1e-15) for k, lr in lrs.items()}
     return {
-        k: torch.optim.Adam([{"params": [model.params[k]], "lr": lr, "name": k}], eps=1e-15) for k, lr in lrs.items()
+        k: torch.optim.Adam([{"params": [model.params[k]], "lr": lr, "name": k}], betas=betas, eps=eps)
+        for k, (lr, betas, eps) in scaled.items()
     }
 
 
 def _strategy(rgb: RgbConfig, sched: dict[str, int]):
     from gsplat.strategy import DefaultStrategy
 
-    return DefaultStrategy(
+    ctx = dist_context()
+    make: Any = DefaultStrategy
+    if ctx.enabled:  # every rank takes the same densify / prune decisions
+        from ..distributed import synced_default_strategy
+
+        make = lambda **kw: synced_default_strategy(ctx, **kw)  # noqa: E731
+    return make(
         refine_start_iter=sched["refine_start"],
         refine_stop_iter=sched["refine_stop"],
         refine_every=sched["refine_every"],
@@ -183,18 +194,26 @@ def train_rgb(
         Metrics: ``psnr_train``, ``psnr_test``/``ssim_test`` (None without held-out frames),
         ``n_gaussians``, ``init_source``, ``steps``, ``train_time_s``, ``resumed_from``, ...
     """
-    rgb = cfg.rgb
+    ctx = dist_context()
+    # Several ranks: iterations / world_size steps of world_size views (distributed.scale_steps).
+    rgb = dataclasses.replace(cfg.rgb, iterations=ctx.scaled_steps(cfg.rgb.iterations, cfg.distributed.scale_steps))
+    settings = _settings(rgb)
+    if ctx.enabled:
+        settings["world_size"] = ctx.world_size
     device = torch.device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not capture.frames:
         raise CaptureError(f"{capture.root}: the capture has no frames")
     record_path = out_dir / "rgb.json"
+    finished = None
     if resume and record_path.is_file() and (out_dir / "gaussians.npz").is_file():
         record = read_json(record_path)
-        if record.get("completed") and record.get("settings") == _settings(rgb):
-            return dict(record["metrics"], skipped=True)
-    if not resume:
+        if record.get("completed") and record.get("settings") == settings:
+            finished = dict(record["metrics"], skipped=True)
+    if ctx.agree(finished is not None, "the rgb resume decision"):
+        return finished or {"skipped": True, **ctx.record()}
+    if not resume and ctx.is_main:
         for _, path in _list_checkpoints(out_dir):
             path.unlink(missing_ok=True)
     backend = resolve_backend(rgb.backend, device)
@@ -202,7 +221,11 @@ def train_rgb(
     train_idx, test_idx = split_indices(len(capture.frames), rgb.holdout_every)
     torch.manual_seed(rgb.seed)
 
-    ckpt = _load_latest_checkpoint(out_dir, _settings(rgb)) if resume else None
+    ckpt = _load_latest_checkpoint(out_dir, settings) if resume and ctx.is_main else None
+    if ctx.enabled:  # every rank resumes from rank 0's choice of checkpoint
+        ckpt_step = ctx.agree(ckpt[0] if ckpt is not None else None, "the rgb checkpoint choice")
+        if not ctx.is_main and ckpt_step is not None:
+            ckpt = (ckpt_step, load_npz(out_dir / f"ckpt_{ckpt_step:06d}.npz"))
     if ckpt is not None:
         scene_from_world = np.asarray(ckpt[1]["scene_from_world"], dtype=np.float64)
     else:
@@ -226,20 +249,27 @@ def train_rgb(
         optimizers = _make_optimizers(model, rgb)
     strategy_state = strategy.initialize_state(scene_scale=scene_scale) if strategy else {}
     strategy_state.update(restored)
+    if not ctx.is_main:  # rank 0's checkpoint holds the ranks' summed statistics
+        for name in ("grad2d", "count"):
+            if strategy_state.get(name) is not None:
+                strategy_state[name].zero_()
+    ctx.broadcast_(list(model.params.values()), "the initial parameter broadcast")
     if strategy is not None:
         strategy.check_sanity(model.params, optimizers)
     means_gamma = 0.01 ** (1.0 / max(rgb.iterations, 1))
     for g in optimizers["means"].param_groups:
-        g["lr"] = rgb.lr_means * scene_scale * means_gamma**start_step
+        g["lr"] = ctx.adam_scaling(rgb.lr_means)[0] * scene_scale * means_gamma**start_step
 
     use_depth = rgb.depth_lambda > 0 and any(v.depth is not None for v in views)
+    bytes0 = ctx.bytes_reduced
     t0 = time.monotonic()
     last_loss = float("nan")
     with Progress("rgb", rgb.iterations, disable=not progress) as bar:
         if start_step:
             bar.update(start_step, message=f"resumed from step {start_step}")
         for step in range(start_step, rgb.iterations):
-            view = views[_view_order(step, len(views), rgb.seed)]
+            # Rank r of W takes the (step * W + r)-th view of the one-process view order.
+            view = views[_view_order(step * ctx.world_size + ctx.rank, len(views), rgb.seed)]
             sh_degree = min(step // sched["sh_interval"], rgb.sh_degree)
             out, _, info = rasterize(
                 model.means, model.quats, model.scales, model.opacities, model.sh, view.viewmat[None],
@@ -260,6 +290,7 @@ def train_rgb(
                 if rgb.max_gaussians and len(model) >= rgb.max_gaussians:
                     strategy.refine_stop_iter = min(strategy.refine_stop_iter, step)
                 strategy.step_post_backward(model.params, optimizers, strategy_state, step, info, packed=False)
+            ctx.average_gradients(list(model.params.values()))
             for opt in optimizers.values():
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -267,15 +298,29 @@ def train_rgb(
                 g["lr"] *= means_gamma
             last_loss = float(loss.detach())
             done = step + 1
-            if done % rgb.checkpoint_every == 0 and done < rgb.iterations:
+            if done % rgb.checkpoint_every == 0 and done < rgb.iterations and ctx.enabled:
+                from ..distributed import fold_strategy_state
+
+                fold_strategy_state(ctx, strategy_state)
+            if done % rgb.checkpoint_every == 0 and done < rgb.iterations and ctx.is_main:
                 arrays = _checkpoint_arrays(done, model, optimizers, strategy_state, elapsed0 + time.monotonic() - t0)
                 arrays["scene_from_world"] = scene_from_world
                 arrays["init_source"] = np.array(init_source or "")
-                arrays["settings"] = np.array(json.dumps(_settings(rgb)))
+                arrays["settings"] = np.array(json.dumps(settings))
                 atomic_save_npz(out_dir / f"ckpt_{done:06d}.npz", arrays)
                 _prune_checkpoints(out_dir)
             bar.update(1, loss=round(last_loss, 4), gaussians=len(model))
     train_time = elapsed0 + time.monotonic() - t0
+    steps_run = max(rgb.iterations - start_step, 1)
+    dist_metrics: dict[str, Any] = {}
+    if ctx.enabled:  # the ranks must hold bit-identical Gaussians; rank 0 alone writes
+        dist_metrics = {
+            **ctx.record(),
+            "rank_param_digests": ctx.check_identical(list(model.params.values()), "RGB Gaussians"),
+            "allreduce_bytes_per_step": (ctx.bytes_reduced - bytes0) / steps_run,
+        }
+        if not ctx.is_main:
+            return {"steps": rgb.iterations, "train_time_s": round(train_time, 3), **dist_metrics}
 
     model.save(out_dir / "gaussians.npz", scene_from_world=scene_from_world)
     with torch.no_grad():
@@ -296,6 +341,7 @@ def train_rgb(
         "resumed_from": start_step if start_step else None,
         "backend": backend,
         "image_size": [views[0].width, views[0].height],
+        **dist_metrics,
     }
     atomic_write_json(record_path, {
         "format_version": FORMAT_VERSION,
@@ -307,7 +353,7 @@ def train_rgb(
         "downscale": rgb.downscale,
         "background": rgb.background,
         "sh_degree": rgb.sh_degree,
-        "settings": _settings(rgb),
+        "settings": settings,
         "metrics": metrics,
     })  # fmt: skip
     for _, path in _list_checkpoints(out_dir)[1:]:
