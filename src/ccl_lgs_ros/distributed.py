@@ -347,6 +347,20 @@ def wants_launch(nproc: int, nnodes: int) -> bool:
     return nproc > 1 or nnodes > 1
 
 
+def config_overrides(section: Any) -> list[str]:
+    """``distributed.X=value`` for each setting of ``section`` (a ``DistributedConfig``) that is not
+    the default: how the node hands its own distributed settings to the trainer it starts."""
+    import dataclasses
+
+    default = type(section)()
+    out = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if value != getattr(default, f.name):
+            out.append(f"distributed.{f.name}={str(value).lower() if isinstance(value, bool) else value}")
+    return out
+
+
 def strip_option(argv: Sequence[str], name: str) -> list[str]:
     """``argv`` without ``name VALUE`` / ``name=VALUE``."""
     out: list[str] = []

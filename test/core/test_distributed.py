@@ -236,3 +236,51 @@ def test_killed_rank_fails_every_rank_then_the_run_resumes(capture, single, tmp_
     record = json.loads((scene / "scene.json").read_text())
     assert record["stages"]["rgb"]["metrics"]["resumed_from"], record["stages"]["rgb"]["metrics"]
     _check_against_single(scene, single)
+
+
+def test_node_settings_reach_the_trainer_as_overrides():
+    from ccl_lgs_ros.config import Config
+    from ccl_lgs_ros.supervisor import train_command
+
+    cfg = Config()
+    assert D.config_overrides(cfg.distributed) == []
+    cfg.distributed.nproc, cfg.distributed.scale_steps, cfg.distributed.rdzv_endpoint = 4, False, "10.0.0.5:29400"
+    items = D.config_overrides(cfg.distributed)
+    assert items == ["distributed.nproc=4", "distributed.rdzv_endpoint=10.0.0.5:29400", "distributed.scale_steps=false"]
+    argv = train_command("cap", "scene", overrides=items)  # validated against the config tree
+    assert "--set=distributed.nproc=4" in argv and "--set=distributed.scale_steps=false" in argv
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_supervisor_cancel_ends_every_rank(capture, tmp_path):
+    """The node's trainer with distributed.nproc=2: progress from rank 0, cancel stops both ranks."""
+    from ccl_lgs_ros.supervisor import TrainerProcess, train_command
+
+    scene = tmp_path / "scene"
+    overrides = ["priors.backend=simulator", "distributed.nproc=2", "rgb.iterations=20000", "distributed.timeout_s=60"]
+    argv = train_command(capture, scene, preset="tiny", overrides=overrides)
+    events: list = []
+    proc = TrainerProcess(argv, on_progress=events.append, env=_env())
+    proc.start()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 240 and proc.running and not any(e.stage == "rgb" and e.step > 0 for e in events):
+        time.sleep(0.2)
+    assert any(e.stage == "rgb" for e in events), proc.output_tail()
+    pids = [int(p) for p in re.findall(r"rank [01] of 2 \(pid (\d+)", proc.output_tail())]
+    assert len(set(pids)) == 2, proc.output_tail()
+    assert all(_alive(p) for p in pids)
+    proc.cancel(grace=10.0)
+    out = proc.wait(timeout=30)
+    assert out is not None and out.cancelled
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids), "a rank outlived the cancel"

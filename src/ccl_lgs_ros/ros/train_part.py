@@ -21,6 +21,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 
 from ..config import Config, ConfigError
+from ..distributed import config_overrides
 from ..paths import PathRefused, resolve_inside
 from ..supervisor import TrainerProcess, TrainProgress, train_command
 from .capture_part import CaptureFrontend
@@ -125,7 +126,8 @@ class TrainAction:
                 preset=goal.preset or ncfg.train_preset,
                 device=goal.device or ncfg.device,
                 method=goal.method or None,
-                overrides=overrides,
+                # the node's distributed.* settings (process count, rendezvous), then the goal's own
+                overrides=[*config_overrides(self.cfg.distributed), *overrides],
             )
         except (ConfigError, PathRefused) as exc:
             self._finish(goal_handle, "abort")
