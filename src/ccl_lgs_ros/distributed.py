@@ -493,3 +493,35 @@ def fold_strategy_state(ctx: DistContext, state: dict[str, Any], keep_on_all: bo
         ctx.all_reduce_(t, op="max" if name == "radii" else "sum", what="the densification statistics")
         if not keep_on_all and not ctx.is_main and name != "radii":
             t.zero_()
+
+
+# ------------------------------------------------------------------------ partitioned Gaussians
+def shard_indices(n: int, ctx: DistContext) -> Any:
+    """The rows of ``n`` Gaussians this rank owns when they are partitioned (every world_size-th)."""
+    import numpy as np
+
+    return np.arange(ctx.rank, n, ctx.world_size)
+
+
+def gather_gaussians(ctx: DistContext, arrays: dict[str, Any]) -> dict[str, Any] | None:
+    """Rank 0: every rank's Gaussians concatenated in rank order (others: ``None``).
+
+    ``arrays`` is one rank's :meth:`GaussianModel.state_arrays`; per-Gaussian arrays (first axis =
+    this rank's count) are concatenated, the rest (format version, SH degree) taken from rank 0.
+    """
+    if not ctx.enabled:
+        return arrays
+    import numpy as np
+    import torch.distributed as dist
+
+    n = len(arrays["means"])
+    mine = {k: (np.asarray(v), np.ndim(v) > 0 and len(v) == n) for k, v in arrays.items()}
+    box: list[Any] = [None] * ctx.world_size if ctx.is_main else []
+    with ctx._guard("gathering the partitioned Gaussians"):
+        dist.gather_object(mine, box if ctx.is_main else None, dst=0)
+    if not ctx.is_main:
+        return None
+    out = {}
+    for key, (value, per_gaussian) in box[0].items():
+        out[key] = np.concatenate([part[key][0] for part in box]) if per_gaussian else value
+    return out

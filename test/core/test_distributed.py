@@ -102,6 +102,10 @@ def test_collectives_and_synced_densification(tmp_path):
         assert r["sent"] == (3 + 2 + 1 + 3) * 4  # float32 gradients + one flag per parameter
         assert r["agree"] == "from rank 0"
         assert r["gather"] == [0, 10]
+    assert res[0]["shard"] == [0, 2, 4] and res[1]["shard"] == [1, 3]
+    rows = [0, 2, 4, 1, 3]  # rank order
+    assert res[0]["gathered"]["means"] == [[3 * r, 3 * r + 1, 3 * r + 2] for r in rows]
+    assert res[0]["gathered"]["format_version"] == 1 and res[1]["gathered"] is None
     # Synced: both ranks see both pushed Gaussians (summed statistics) -> 6 + 2, identical.
     assert res[0]["all_synced"][0] == res[0]["all_synced"][1] == [8, res[0]["synced"][1]]
     # Without the sync each rank duplicates only its own Gaussian: same count, different Gaussians.
@@ -284,3 +288,36 @@ def test_supervisor_cancel_ends_every_rank(capture, tmp_path):
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.2)
     assert not any(_alive(p) for p in pids), "a rank outlived the cancel"
+
+
+def test_partitioned_rasterization_is_gsplat_only():
+    """On CPU the torch renderer refuses distributed=True with the reason (gsplat's path is CUDA)."""
+    import torch
+
+    from ccl_lgs_ros.splat.render import rasterize
+
+    z = torch.zeros
+    with pytest.raises(ValueError, match="gsplat's CUDA path"):
+        rasterize(z(1, 3), torch.tensor([[1.0, 0, 0, 0]]), z(1, 3), z(1), z(1, 3), torch.eye(4)[None],
+                  torch.eye(3)[None], 8, 8, backend="torch", distributed=True)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gsplat_distributed_rasterization_two_gpus(capture, tmp_path):
+    """gsplat's distributed rasterization: 2 ranks on 2 GPUs (NCCL), Gaussians partitioned.
+
+    Not run on this project's machines (no GPU); conftest skips it without CUDA.
+    """
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 CUDA GPUs for 2 NCCL ranks (this machine has {torch.cuda.device_count()})")
+    scene = tmp_path / "scene"
+    cmd = _torchrun(*_train_cmd(capture, scene), "--device", "cuda", "--set", "distributed.gsplat_distributed=true",
+                    "--stage", "rgb")  # fmt: skip
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((scene / "scene.json").read_text())["stages"]["rgb"]["metrics"]
+    assert metrics["partitioned"] and metrics["backend"] == "nccl"
+    assert sum(metrics["local_gaussians"]) == metrics["n_gaussians"]

@@ -70,6 +70,7 @@ def rasterize(
     backgrounds: Tensor | None = None,  # [C, D]
     packed: bool = False,
     tile_size: int = 8,
+    distributed: bool = False,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Rasterize 3D Gaussians into ``C`` images (gsplat's ``rasterization`` semantics).
 
@@ -95,6 +96,8 @@ def rasterize(
         packed: Return per-visible-entry meta (``gaussian_ids``, ``camera_ids``, ``means2d [nnz, 2]``)
             instead of ``[C, N, ...]``; saves memory on large scenes.
         tile_size: Tile edge of the torch backend (gsplat uses its own 16).
+        distributed: gsplat only (CUDA, inside a torch.distributed group): each rank passes its
+            own share of the Gaussians and its own cameras; gsplat exchanges what each camera needs.
 
     Returns:
         ``(render_colors [C, H, W, D(+1)], render_alphas [C, H, W, 1], meta)``. ``meta`` holds
@@ -126,9 +129,15 @@ def rasterize(
             means, quats, scales, opacities, colors, viewmats, Ks, width, height,
             near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree,
             packed=packed, backgrounds=backgrounds, render_mode=render_mode,
+            **({"distributed": True} if distributed else {}),
         )  # fmt: skip
         meta["backend"] = "gsplat"
         return out_c, out_a, meta
+    if distributed:
+        raise ValueError(
+            "distributed rasterization (Gaussians partitioned across ranks) is gsplat's CUDA path; the torch "
+            "backend renders a full copy of the Gaussians on every rank (distributed.gsplat_distributed=false)"
+        )
     return _rasterize_torch(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree=sh_degree,
         near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, render_mode=render_mode,

@@ -69,12 +69,12 @@ def _make_optimizers(model: GaussianModel, rgb: RgbConfig) -> dict[str, torch.op
     }
 
 
-def _strategy(rgb: RgbConfig, sched: dict[str, int]):
+def _strategy(rgb: RgbConfig, sched: dict[str, int], partitioned: bool = False):
     from gsplat.strategy import DefaultStrategy
 
     ctx = dist_context()
     make: Any = DefaultStrategy
-    if ctx.enabled:  # every rank takes the same densify / prune decisions
+    if ctx.enabled and not partitioned:  # every rank takes the same densify / prune decisions
         from ..distributed import synced_default_strategy
 
         make = lambda **kw: synced_default_strategy(ctx, **kw)  # noqa: E731
@@ -217,6 +217,13 @@ def train_rgb(
         for _, path in _list_checkpoints(out_dir):
             path.unlink(missing_ok=True)
     backend = resolve_backend(rgb.backend, device)
+    # distributed.gsplat_distributed: each rank owns a share of the Gaussians (gsplat's distributed
+    # rasterization, CUDA only); their gradients are their own, densification is per rank.
+    partitioned = ctx.enabled and cfg.distributed.gsplat_distributed
+    if partitioned and backend != "gsplat":
+        raise ValueError("distributed.gsplat_distributed needs the gsplat backend on CUDA (rgb.backend, device)")
+    if partitioned:
+        settings["partitioned"] = True  # no checkpoints in this mode: a rerun starts the stage again
     background = BACKGROUNDS[rgb.background]
     train_idx, test_idx = split_indices(len(capture.frames), rgb.holdout_every)
     torch.manual_seed(rgb.seed)
@@ -234,7 +241,7 @@ def train_rgb(
     bg = torch.tensor([background], dtype=torch.float32, device=device)
 
     sched = _schedule(rgb)
-    strategy = _strategy(rgb, sched) if rgb.densify else None
+    strategy = _strategy(rgb, sched, partitioned) if rgb.densify else None
     scene_scale = 1.1  # cameras lie within distance 1 of the origin after normalisation
     init_source = None
     if ckpt is not None:
@@ -245,6 +252,11 @@ def train_rgb(
     else:
         start_step, elapsed0, restored = 0, 0.0, {}
         pts, cols, init_source = initial_points(capture, views, scene_from_world, rgb.max_init_points, rgb.seed)
+        if partitioned:
+            from ..distributed import shard_indices
+
+            keep = shard_indices(len(pts), ctx)
+            pts, cols = pts[keep], (cols[keep] if cols is not None else None)
         model = GaussianModel.from_points(pts, cols, sh_degree=rgb.sh_degree, device=device, seed=rgb.seed)
         optimizers = _make_optimizers(model, rgb)
     strategy_state = strategy.initialize_state(scene_scale=scene_scale) if strategy else {}
@@ -253,7 +265,8 @@ def train_rgb(
         for name in ("grad2d", "count"):
             if strategy_state.get(name) is not None:
                 strategy_state[name].zero_()
-    ctx.broadcast_(list(model.params.values()), "the initial parameter broadcast")
+    if not partitioned:
+        ctx.broadcast_(list(model.params.values()), "the initial parameter broadcast")
     if strategy is not None:
         strategy.check_sanity(model.params, optimizers)
     means_gamma = 0.01 ** (1.0 / max(rgb.iterations, 1))
@@ -274,7 +287,7 @@ def train_rgb(
             out, _, info = rasterize(
                 model.means, model.quats, model.scales, model.opacities, model.sh, view.viewmat[None],
                 view.K[None], view.width, view.height, backend=backend, sh_degree=sh_degree,
-                backgrounds=bg, render_mode="RGB+ED" if use_depth else "RGB",
+                backgrounds=bg, render_mode="RGB+ED" if use_depth else "RGB", distributed=partitioned,
             )  # fmt: skip
             pred = out[..., :3]
             if strategy is not None:
@@ -290,7 +303,8 @@ def train_rgb(
                 if rgb.max_gaussians and len(model) >= rgb.max_gaussians:
                     strategy.refine_stop_iter = min(strategy.refine_stop_iter, step)
                 strategy.step_post_backward(model.params, optimizers, strategy_state, step, info, packed=False)
-            ctx.average_gradients(list(model.params.values()))
+            if not partitioned:
+                ctx.average_gradients(list(model.params.values()))
             for opt in optimizers.values():
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -302,7 +316,7 @@ def train_rgb(
                 from ..distributed import fold_strategy_state
 
                 fold_strategy_state(ctx, strategy_state)
-            if done % rgb.checkpoint_every == 0 and done < rgb.iterations and ctx.is_main:
+            if done % rgb.checkpoint_every == 0 and done < rgb.iterations and ctx.is_main and not partitioned:
                 arrays = _checkpoint_arrays(done, model, optimizers, strategy_state, elapsed0 + time.monotonic() - t0)
                 arrays["scene_from_world"] = scene_from_world
                 arrays["init_source"] = np.array(init_source or "")
@@ -313,7 +327,15 @@ def train_rgb(
     train_time = elapsed0 + time.monotonic() - t0
     steps_run = max(rgb.iterations - start_step, 1)
     dist_metrics: dict[str, Any] = {}
-    if ctx.enabled:  # the ranks must hold bit-identical Gaussians; rank 0 alone writes
+    if partitioned:  # rank 0 collects every rank's share of the Gaussians
+        from ..distributed import gather_gaussians
+
+        full = gather_gaussians(ctx, model.state_arrays())
+        dist_metrics = {**ctx.record(), "partitioned": True, "local_gaussians": ctx.gather_objects(len(model))}
+        if full is None:
+            return {"steps": rgb.iterations, "train_time_s": round(train_time, 3), **dist_metrics}
+        model = GaussianModel.from_arrays(full, device)
+    elif ctx.enabled:  # the ranks must hold bit-identical Gaussians; rank 0 alone writes
         dist_metrics = {
             **ctx.record(),
             "rank_param_digests": ctx.check_identical(list(model.params.values()), "RGB Gaussians"),
