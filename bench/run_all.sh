@@ -25,6 +25,10 @@ if want service; then
   echo "== (unshare -n) bench/bench_service.py --transport profile_node"
   unshare -n sh -c "ip link set lo up && exec $PY bench/bench_service.py --points 50000 --calls 200 \
       --transport profile_node --out $R/service_fastdds_profile"; fi
+if want distributed; then
+  # 1 vs 2 gloo ranks (torchrun, 1 thread each) per stage; rendezvous inside a private network namespace
+  echo "== (unshare -n) bench/bench_distributed.py"
+  unshare -n sh -c "ip link set lo up && exec $PY bench/bench_distributed.py --out $R/distributed/distributed.json"; fi
 if want capture; then
   run bench/bench_capture.py --seconds 4 --rate 30 --formats jpg png --out $R/capture; fi
 if want render; then

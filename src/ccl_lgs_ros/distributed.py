@@ -404,14 +404,33 @@ def launch(argv: Sequence[str], local: bool) -> int:
     """Run torchrun (``argv`` from :func:`launcher_argv`) and return its exit status.
 
     SIGTERM / SIGINT reach torchrun, which stops its workers; a local run keeps gloo / NCCL's
-    sockets on the loopback interface unless the caller chose interfaces.
+    sockets on the loopback interface unless the caller chose interfaces. torchrun's stderr is
+    passed through; when the job fails, the last line says why in one line (a rank's own error,
+    else torchrun's exit code / signal of the failed rank), for the node's failure message.
     """
+    import threading
+
     env = dict(os.environ)
     if local:
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
         env.setdefault("NCCL_SOCKET_IFNAME", "lo")
     log.info("starting torchrun: %s", " ".join(argv[1:]))
-    proc = subprocess.Popen(list(argv), env=env)
+    proc = subprocess.Popen(list(argv), env=env, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
+    errors: list[str] = []  # the ranks' own one-line errors
+    summary: list[str] = []  # torchrun's root-cause block: rank, exit code, signal
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in iter(proc.stderr.readline, ""):
+            sys.stderr.write(line)
+            text = line.strip()
+            if "ccl-lgs train: error:" in text:
+                errors.append(text.split("error:", 1)[-1].strip())
+            elif text.startswith(("rank ", "exitcode ")) or text.startswith("traceback") and "Signal " in text:
+                summary.append(" ".join(text.split()))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
 
     def forward(sig: int, _frame: Any) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -423,6 +442,10 @@ def launch(argv: Sequence[str], local: bool) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    reader.join(timeout=5)
+    if rc != 0:
+        why = "; ".join(summary[:3] + errors[:1]) or "see the ranks' output above"
+        sys.stderr.write(f"ccl-lgs train: error: the distributed run failed (torchrun exit code {rc}): {why}\n")
     return rc if rc >= 0 else 128 - rc
 
 

@@ -215,8 +215,9 @@ def test_two_nodes_on_one_machine(capture, single, tmp_path):
 def test_killed_rank_fails_every_rank_then_the_run_resumes(capture, single, tmp_path):
     scene = tmp_path / "scene"
     t0 = time.monotonic()
-    proc = subprocess.Popen(_torchrun(*_train_cmd(capture, scene)), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # through `--nproc 2` (ccl-lgs starts torchrun and sums up a failure in its last line)
+    proc = subprocess.Popen([sys.executable, *_train_cmd(capture, scene), "--nproc", "2"], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     log1 = scene / "logs" / "rank_1.log"
     pid = None
     while time.monotonic() - t0 < 300 and proc.poll() is None:
@@ -231,7 +232,9 @@ def test_killed_rank_fails_every_rank_then_the_run_resumes(capture, single, tmp_
     waited = time.monotonic() - t_kill
     assert proc.returncode != 0
     assert waited < 90, f"the job took {waited:.0f} s to end after a rank died"
-    assert "SIGKILL" in err or "lost contact with the other ranks" in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ccl-lgs train: error: the distributed run failed"), err[-3000:]
+    assert "SIGKILL" in last or "lost contact with the other ranks" in last, err[-3000:]
     assert not (scene / "query_index.npz").exists()
     # The same command resumes from rank 0's checkpoint and ends like an uninterrupted run.
     proc = subprocess.run(_torchrun(*_train_cmd(capture, scene)), env=_env(), capture_output=True, text=True,
