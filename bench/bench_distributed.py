@@ -14,7 +14,7 @@ interconnect bandwidths: the all-reduce time per step of a ring (``2 (W-1)/W * b
 scenes of 0.1M / 1M / 3M Gaussians, and the priors stage as ``frames * t_frame / W + t_assoc``.
 No GPU time is measured here.
 
-    PYTHONPATH=src python bench/bench_distributed.py            # writes bench/results/distributed/distributed.{json,png}
+    PYTHONPATH=src python bench/bench_distributed.py   # writes bench/results/distributed/distributed.{json,png}
     (run it inside `unshare -n sh -c 'ip link set lo up && ...'` to keep the rendezvous in a private netns)
 """
 
