@@ -236,13 +236,15 @@ def test_killed_rank_fails_every_rank_then_the_run_resumes(capture, single, tmp_
     assert last.startswith("ccl-lgs train: error: the distributed run failed"), err[-3000:]
     assert "SIGKILL" in last or "lost contact with the other ranks" in last, err[-3000:]
     assert not (scene / "query_index.npz").exists()
-    # The same command resumes from rank 0's checkpoint and ends like an uninterrupted run.
-    proc = subprocess.run(_torchrun(*_train_cmd(capture, scene)), env=_env(), capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    # The same command (up to the interrupted stage, to save CI time) resumes from rank 0's
+    # checkpoint and ends like an uninterrupted run.
+    proc = subprocess.run(_torchrun(*_train_cmd(capture, scene), "--stage", "rgb"), env=_env(), capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads((scene / "scene.json").read_text())
-    assert record["stages"]["rgb"]["metrics"]["resumed_from"], record["stages"]["rgb"]["metrics"]
-    _check_against_single(scene, single)
+    metrics = json.loads((scene / "scene.json").read_text())["stages"]["rgb"]["metrics"]
+    assert metrics["resumed_from"] and metrics["resumed_from"] % 20 == 0, metrics
+    assert metrics["steps"] == 150 and len(set(metrics["rank_param_digests"])) == 1
+    assert abs(metrics["psnr_test"] - single[1]["psnr"]) <= 0.5, (metrics["psnr_test"], single[1])
 
 
 def test_node_settings_reach_the_trainer_as_overrides():
