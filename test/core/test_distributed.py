@@ -346,3 +346,13 @@ def test_gsplat_distributed_rasterization_two_gpus(capture, tmp_path):
     metrics = json.loads((scene / "scene.json").read_text())["stages"]["rgb"]["metrics"]
     assert metrics["partitioned"] and metrics["backend"] == "nccl"
     assert sum(metrics["local_gaussians"]) == metrics["n_gaussians"]
+
+
+def test_the_node_reports_the_launchers_summary_line():
+    """The last line `--nproc` writes on a failed run is what the node's failure message picks."""
+    from ccl_lgs_ros.supervisor import error_line
+
+    last = ("ccl-lgs train: error: the distributed run failed (torchrun exit code 1): rank : 1 (local_rank: 1); "
+            "exitcode : -9 (pid: 42); traceback : Signal 9 (SIGKILL) received by PID 42")  # fmt: skip
+    tail = ["INFO ccl_lgs_ros.distributed: rank 0 of 2 (pid 41, backend gloo, device cpu)", "=" * 60, last]
+    assert error_line(tail) == last
