@@ -156,7 +156,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=OUT / "distributed" / "distributed.json")
     a = ap.parse_args()
     sys.path.insert(0, str(REPO / "src"))
-    from ccl_lgs_ros.synth import generate_scene
+    from ccl_lgs_ros.testing.synth import generate_scene
 
     args = ["--preset", "tiny", "--set", "priors.backend=simulator"]
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .capture.format import Capture
 from .config import Config, digest, to_dict
+from .distributed import context as dist_context
 from .priors.stage import compute_priors
 from .progress import announce
 from .scene.build import build_query_index
@@ -21,7 +22,6 @@ from .scene.layout import SCENE_FORMAT_VERSION, SceneDir
 from .semantics import train_field
 from .semantics.methods import field_method
 from .splat.trainer import train_rgb
-from .distributed import context as dist_context
 
 log = logging.getLogger(__name__)
 

@@ -124,7 +124,7 @@ TRAIN_ARGS = [
 
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory) -> Path:
-    from ccl_lgs_ros.synth import generate_scene
+    from ccl_lgs_ros.testing.synth import generate_scene
 
     out = tmp_path_factory.mktemp("dist") / "capture"
     generate_scene(out, seed=1, width=64, height=48, num_frames=16, num_objects=3)
@@ -136,7 +136,7 @@ def _train_cmd(capture: Path, scene: Path) -> list[str]:
 
 
 def _quality(scene: Path) -> dict[str, float]:
-    from ccl_lgs_ros.pipeline import evaluate
+    from ccl_lgs_ros.eval.run import evaluate
 
     record = json.loads((scene / "scene.json").read_text())
     res = evaluate(scene, protocol="synthetic")
