@@ -13,6 +13,10 @@
 # the venv sees the system packages (--system-site-packages), no ROS wheels are installed and
 # the interfaces are built against the system ROS into build/ros/install.
 #
+# As root (or with password-less sudo) on a machine with apt-get it also installs Debian's
+# `chromium` and `chromium-driver` for the viewer's browser test (apt-get update first; about
+# 30 s); elsewhere it says so and that test skips with the reason. CCL_LGS_NO_APT=1 skips it.
+#
 # Idempotent: a second run with nothing changed only checks a stamp and imports (< 15 s).
 set -euo pipefail
 
@@ -73,6 +77,36 @@ if ! "$VENV/bin/python" -c 'import sam2' >/dev/null 2>&1; then
   log "installing sam2 (CUDA extension: ${CCL_LGS_SAM2_CUDA:-0})"
   SAM2_BUILD_CUDA=${CCL_LGS_SAM2_CUDA:-0} "${PIP[@]}" install -q --no-build-isolation sam2
 fi
+
+install_chromium() {
+  # Headless Chromium + its WebDriver for test/core/test_viewer_browser.py (software WebGL).
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "${CCL_LGS_NO_APT:-0}" = 1 ]; then
+    log "CCL_LGS_NO_APT=1: chromium not installed; the viewer's browser test will skip"
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    log "no apt-get: chromium not installed; the viewer's browser test will skip"
+    return 0
+  fi
+  local sudo=()
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      sudo=(sudo -n)
+    else
+      log "not root: chromium not installed (apt-get install chromium chromium-driver); the browser test will skip"
+      return 0
+    fi
+  fi
+  log "installing chromium + chromium-driver with apt-get (the viewer's browser test)"
+  if ! { "${sudo[@]}" apt-get update -q >/dev/null \
+         && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; then
+    log "apt-get could not install chromium; the viewer's browser test will skip"
+  fi
+}
+install_chromium
 
 if [ "$MODE" = wheels ]; then
   log "installing ROS 2 Jazzy wheels"
