@@ -142,6 +142,11 @@ def cmd_query(args: argparse.Namespace) -> int:
         from .query.export import export_result
 
         data["files"] = export_result(args.out, scene.index, result)
+        if not args.no_highlight:
+            from .viewer.highlight import write_highlights
+
+            data["files"]["highlight"] = write_highlights(args.out / "highlight", scene, result, camera=args.camera,
+                                                          negatives=args.negatives or None)
     if args.json:
         _print_json(data)
     else:
@@ -150,6 +155,12 @@ def cmd_query(args: argparse.Namespace) -> int:
         for inst in found:
             print(f"  score {inst['score']:.3f} centroid {inst['centroid']} points {inst.get('num_points')}")
     return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from .viewer.server import serve
+
+    return serve(args.scene, host=args.host, port=args.port, device=args.device)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -247,9 +258,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--max-instances", type=int, default=None)
     p.add_argument("--point-spacing", type=float, default=None)
-    p.add_argument("--out", type=Path, default=None, help="write .ply clouds, 3DGS .ply and a PNG here")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write .ply clouds, 3DGS .ply, a PNG and highlight/ (photoreal renders) here")
+    p.add_argument("--camera", type=int, default=None,
+                   help="capture frame whose camera the highlight renders use (default: the one that sees the "
+                        "answer best)")
+    p.add_argument("--no-highlight", action="store_true", help="skip the photoreal highlight renders of --out")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("view", help="browser viewer of the splats with live text queries (viser)")
+    p.add_argument("scene", type=Path)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1, this machine only; 0.0.0.0 exposes the page, "
+                        "unauthenticated, to the network)")
+    p.add_argument("--port", type=int, default=8080, help="TCP port (the next free one when it is taken)")
+    p.add_argument("--device", default="cpu", help="device of the text encoder")
+    p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("export", help="export a trained scene as 3DGS .ply and a coloured point cloud")
     p.add_argument("scene", type=Path)

@@ -420,6 +420,24 @@ class DistributedConfig:
 
 
 @dataclass
+class ViewerConfig:
+    """The browser viewer of the splats (``ccl-lgs view``; inside the node with ``viewer.serve``)."""
+
+    serve: bool = _f(
+        False,
+        "The mapping node starts the browser viewer (viser) on the scene it serves: it follows scene "
+        "swaps and shows the last /semantic_query answer. Off by default.",
+    )
+    host: str = _f(
+        "127.0.0.1",
+        "Interface the viewer's web server binds. Loopback by default (browsers on this machine only); "
+        "another address (e.g. 0.0.0.0) is an explicit choice that shows the page and the scene, "
+        "without authentication, to every machine that can reach it.",
+    )
+    port: int = _f(8080, "TCP port of the viewer (the next free one is taken when it is in use).", min=1, max=65535)
+
+
+@dataclass
 class Config:
     """Root of the configuration tree.
 
@@ -434,6 +452,10 @@ class Config:
     query: QueryConfig = dataclasses.field(default_factory=QueryConfig)
     node: NodeConfig = dataclasses.field(default_factory=NodeConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+
+
+@dataclass
+    viewer: ViewerConfig = dataclasses.field(default_factory=ViewerConfig)
 
 
 #: Named presets: overrides applied on top of the defaults (then YAML, then explicit overrides).
@@ -658,6 +680,7 @@ __all__ = [
     "PriorsConfig",
     "QueryConfig",
     "RgbConfig",
+    "ViewerConfig",
     "apply_overrides",
     "digest",
     "field_help",

@@ -39,6 +39,9 @@ READ_ONLY = {
     "node.capture_dir",
     "node.scene_dir",
     "node.initial_scene",
+    "viewer.serve",
+    "viewer.host",
+    "viewer.port",
 }
 
 _INT_MAX = 2**63 - 1
