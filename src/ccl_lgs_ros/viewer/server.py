@@ -222,7 +222,7 @@ class SceneViewer:
                 f"/{index.frame_id or 'world'}", axes_length=0.25 * size, axes_radius=0.006 * size,
             ))  # fmt: skip
             self._scene_nodes.append(self.server.scene.add_label(
-                f"/{index.frame_id or 'world'}/name", index.frame_id or "world", position=(0.0, 0.0, 0.03 * size)
+                "/frame_name", index.frame_id or "world", position=(0.0, 0.0, 0.03 * size)
             ))  # fmt: skip
             self._scene_nodes += self._camera_path(poses, size)
             self._set_initial_camera(centers, poses, size)

@@ -1,0 +1,168 @@
+"""The viewer's server side (no browser): splat arrays, answers through the scene's own engine,
+scene swaps, errors on the page, recent queries, per-level relevance colours."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import numpy as np
+import pytest
+
+pytest.importorskip("viser", reason="viser is not installed (scripts/requirements.txt)")
+
+
+def _blob_scene(dest, labels=("red mug", "blue bowl"), centers=((2.0, 0.0, 0.8), (2.5, 0.6, 0.8)), n=3000):
+    """A loadable scene without training: Gaussian spheres whose codes are their labels'
+    simulator text embeddings (plus 'floor')."""
+    from ccl_lgs_ros.config import Config, to_dict
+    from ccl_lgs_ros.io import atomic_write_json
+    from ccl_lgs_ros.pipeline import SCENE_FORMAT_VERSION
+    from ccl_lgs_ros.priors.simulator import SimulatedTextEncoder
+    from ccl_lgs_ros.query.synthetic import blob_scene
+    from ccl_lgs_ros.scene import QUERY_INDEX, load_scene
+
+    enc = SimulatedTextEncoder(dim=64, seed=0)
+    names = [*labels, "floor"]
+    codes = np.arange(len(labels))
+    scene = blob_scene(n, np.asarray(centers, float), codes, len(labels), radius=0.1, seed=1)
+    dest.mkdir(parents=True, exist_ok=True)
+    scene.index(enc.encode_text(names), level="wp", frame_id="map").save(dest / QUERY_INDEX)
+    atomic_write_json(dest / "scene.json", {
+        "format_version": SCENE_FORMAT_VERSION, "frame_id": "map", "world_from_scene": np.eye(4).tolist(),
+        "config": to_dict(Config()), "text_encoder": enc.spec(),
+    })  # fmt: skip
+    return load_scene(dest)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("viewer")
+    return _blob_scene(tmp / "a"), _blob_scene(tmp / "b", labels=("green apple",), centers=((1.0, 1.0, 0.5),), n=1000)
+
+
+@pytest.fixture
+def viewer(scenes):
+    from ccl_lgs_ros.viewer.server import SceneViewer
+
+    v = SceneViewer(port=0)
+    v.set_scene(scenes[0])
+    yield v
+    v.stop()
+
+
+def _quat_to_matrix(q):
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])  # fmt: skip
+
+
+def test_splat_covariances_are_r_s2_rt():
+    from ccl_lgs_ros.viewer.server import splat_covariances
+
+    rng = np.random.default_rng(0)
+    quats = rng.normal(size=(20, 4)) * rng.uniform(0.5, 3, size=(20, 1))  # any norm
+    scales = rng.uniform(0.001, 0.2, size=(20, 3))
+    cov = splat_covariances(quats, scales)
+    for q, s, c in zip(quats, scales, cov):
+        R = _quat_to_matrix(q)
+        np.testing.assert_allclose(c, R @ np.diag(s**2) @ R.T, rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(c)), np.sort(s**2), rtol=1e-3, atol=1e-9)
+
+
+def test_highlight_colors_tint_instances_and_dim_the_rest():
+    from ccl_lgs_ros.viewer.highlight import PALETTE
+    from ccl_lgs_ros.viewer.server import DIM, TINT, highlight_colors
+
+    base = np.full((6, 3), 0.5, np.float32)
+    out = highlight_colors(base, [np.array([0, 1]), np.array([4])])
+    np.testing.assert_allclose(out[0], (1 - TINT) * 0.5 + TINT * PALETTE[0], atol=1e-6)
+    np.testing.assert_allclose(out[4], (1 - TINT) * 0.5 + TINT * PALETTE[1], atol=1e-6)
+    np.testing.assert_allclose(out[[2, 3, 5]], DIM * 0.5, atol=1e-6)
+
+
+def test_binds_loopback_and_serves_the_page_offline(viewer):
+    assert viewer.host == "127.0.0.1"
+    assert viewer.url == f"http://127.0.0.1:{viewer.port}/"
+    with urllib.request.urlopen(viewer.url, timeout=10) as resp:
+        page = resp.read().decode("utf-8", "replace")
+    assert resp.status == 200 and "<title>Viser</title>" in page
+    # The client is one self-contained file: no script or stylesheet from another host.
+    assert "src=\"http" not in page and "href=\"http" not in page
+
+
+def test_query_goes_through_the_scene_engine_and_lights_up_the_answer(viewer, scenes):
+    from ccl_lgs_ros.viewer.highlight import PALETTE
+    from ccl_lgs_ros.viewer.server import DIM, TINT
+
+    scene = scenes[0]
+    ref = scene.engine.query("red mug")
+    got = viewer.ask("red mug")
+    assert got.found and len(got.instances) == len(ref.instances) == 1
+    np.testing.assert_array_equal(got.instances[0].gaussian_ids, ref.instances[0].gaussian_ids)
+    rgbs = viewer._splats.rgbs.astype(np.float32) / 255  # what goes to the page
+    base = np.clip(scene.index.colors, 0, 1)
+    sel = np.zeros(scene.num_gaussians, bool)
+    sel[ref.instances[0].gaussian_ids] = True
+    np.testing.assert_allclose(rgbs[sel], (1 - TINT) * base[sel] + TINT * PALETTE[0], atol=1.5 / 255)
+    np.testing.assert_allclose(rgbs[~sel], DIM * base[~sel], atol=1.5 / 255)
+    assert "red mug" in viewer.gui_answer.content and "1 instance(s)" in viewer.gui_answer.content
+    # box, label and centroid of the one instance
+    assert len(viewer._answer_nodes) == 3
+
+
+def test_bad_query_is_shown_on_the_page_not_raised(viewer):
+    from ccl_lgs_ros.query.engine import QueryError
+
+    with pytest.raises(QueryError):
+        viewer.ask("   ")
+    viewer.gui_text.value = "\x00\x01"
+    viewer._on_find()  # what the Find button runs
+    assert viewer.gui_answer.content.startswith("**Error:**")
+    assert viewer.ask("red mug").found  # still serving
+
+
+def test_nothing_found_says_so_and_restores_nothing_tinted(viewer):
+    from ccl_lgs_ros.viewer.server import DIM
+
+    res = viewer.ask("purple giraffe")
+    assert not res.found
+    assert "nothing found" in viewer.gui_answer.content
+    base = np.clip(viewer.scene.index.colors, 0, 1)
+    np.testing.assert_allclose(viewer._splats.rgbs.astype(np.float32) / 255, DIM * base, atol=1.5 / 255)
+    viewer.clear_answer()
+    np.testing.assert_allclose(viewer._splats.rgbs.astype(np.float32) / 255, base, atol=1.5 / 255)
+
+
+def test_recent_queries_and_per_level_relevance_colours(viewer, scenes):
+    from ccl_lgs_ros.viewer.server import relevance_colors
+
+    viewer.ask("red mug")
+    viewer.ask("blue bowl")
+    viewer.ask("red mug")
+    assert viewer.recent == ["red mug", "blue bowl"]
+    assert tuple(viewer.gui_recent.options) == ("", "red mug", "blue bowl")
+    assert tuple(viewer.gui_color_by.options) == ("instances", "relevance: wp")
+    viewer.gui_color_by.value = "relevance: wp"
+    viewer._color_splats(viewer.last_result)
+    rel = scenes[0].engine.relevance("red mug")["wp"]
+    np.testing.assert_allclose(viewer._splats.rgbs.astype(np.float32) / 255, relevance_colors(rel), atol=1.5 / 255)
+    hot = rel > 0.5
+    assert hot.any() and (~hot).any()
+
+
+def test_scene_swap_replaces_splats_and_answer(viewer, scenes):
+    viewer.ask("red mug")
+    viewer.set_scene(scenes[1])
+    assert viewer.scene is scenes[1] and viewer.last_result is None and not viewer._answer_nodes
+    assert viewer._splats.centers.shape == (scenes[1].num_gaussians, 3)
+    assert viewer.ask("green apple").found
+    assert not viewer.ask("red mug").found  # the old scene's object is gone
+
+
+def test_answers_from_elsewhere_are_shown(viewer, scenes):
+    result = scenes[0].engine.query("blue bowl")  # e.g. the node's /semantic_query
+    viewer.show_result(result, source="/semantic_query")
+    assert viewer.answers_shown == 1 and "/semantic_query" in viewer.gui_answer.content
