@@ -3,6 +3,7 @@
     ros2 launch ccl_lgs mapping.launch.py
     ros2 launch ccl_lgs mapping.launch.py pose_source:=topic pose_topic:=/odom device:=cpu rviz:=true
     ros2 launch ccl_lgs mapping.launch.py serve_only:=true initial_scene:=~/.ros/ccl_lgs/scenes/lab
+    ros2 launch ccl_lgs mapping.launch.py viewer:=true     # browser viewer at http://127.0.0.1:8080
 
 Every node setting lives in the params file (default: the package's config/ccl_lgs.yaml, all
 parameters with their defaults). The arguments below override single parameters; an argument
@@ -36,6 +37,9 @@ OVERRIDES = {
     "scene_dir": ("node.scene_dir", "Folder trained scenes are written to."),
     "serve_only": ("node.serve_only", "true: do not capture, only serve a scene trained elsewhere."),
     "initial_scene": ("node.initial_scene", "Scene folder loaded at start (serve-only robots)."),
+    "viewer": ("viewer.serve", "true: serve the browser viewer of the splats (viser) from the node."),
+    "viewer_host": ("viewer.host", "Interface the viewer binds (params file default 127.0.0.1, this machine only)."),
+    "viewer_port": ("viewer.port", "TCP port of the browser viewer."),
 }
 
 
@@ -45,8 +49,10 @@ def _node(context, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - OpaqueFun
         value = LaunchConfiguration(arg).perform(context).strip()
         if not value:
             continue
-        if param == "node.serve_only":
+        if param in ("node.serve_only", "viewer.serve"):
             overrides[param] = value.lower() in ("1", "true", "yes", "on")
+        elif param == "viewer.port":
+            overrides[param] = int(value)
         else:
             overrides[param] = value
     use_sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() in ("1", "true", "yes", "on")

@@ -452,9 +452,6 @@ class Config:
     query: QueryConfig = dataclasses.field(default_factory=QueryConfig)
     node: NodeConfig = dataclasses.field(default_factory=NodeConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
-
-
-@dataclass
     viewer: ViewerConfig = dataclasses.field(default_factory=ViewerConfig)
 
 

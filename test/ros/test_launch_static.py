@@ -38,6 +38,7 @@ DOCUMENTED = {
     "use_sim_time",
     "fastdds_profile",
     "rviz",
+    "viewer",
 }
 
 

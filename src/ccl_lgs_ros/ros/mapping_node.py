@@ -171,6 +171,7 @@ class MappingNode(Node):
         if self.capture is not None:
             self.capture.enabled = False
         self.trainer.shutdown()
+        self.server.stop_viewer()
 
 
 def _tf_buffer_for(node: Node) -> Any:

@@ -85,6 +85,10 @@ class SceneServer:
         self.marker_pub = node.create_publisher(MarkerArray, "~/query_markers", LATCHED)
         # The default service queue keeps the last 10 requests: with more clients calling at once
         # the oldest requests would be dropped unanswered. Keep enough for a burst of clients.
+        self.viewer: Any = None  # viewer.server.SceneViewer with viewer.serve
+        self._viewer_jobs: Any = None
+        if cfg.viewer.serve:
+            self._start_viewer()
         self.srv = node.create_service(
             SemanticQuery,
             "/semantic_query",
@@ -92,6 +96,49 @@ class SceneServer:
             callback_group=self.group,
             qos_profile=QoSProfile(depth=SERVICE_QUEUE_DEPTH, reliability=ReliabilityPolicy.RELIABLE),
         )
+
+    # ------------------------------------------------------------------ browser viewer
+
+    def _start_viewer(self) -> None:
+        """``viewer.serve``: the browser viewer in this process (it never stops the node)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        vcfg = self.cfg.viewer
+        try:
+            from ..viewer.server import SceneViewer
+
+            self.viewer = SceneViewer(host=vcfg.host, port=vcfg.port, engine_lock=self._engine_lock)
+        except Exception as exc:  # noqa: BLE001 - no viser, port refused: serve queries anyway
+            self.node.get_logger().error(f"viewer not started: {type(exc).__name__}: {exc}")
+            return
+        # Scene swaps and answers reach the page from one worker thread, off the service's path.
+        self._viewer_jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="viewer")
+        note = "" if vcfg.host in ("127.0.0.1", "localhost", "::1") else " (not loopback: reachable from the network)"
+        self.node.get_logger().info(f"browser viewer at {self.viewer.url}{note}")
+
+    def _to_viewer(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        if self.viewer is None or self._viewer_jobs is None:
+            return
+
+        def job() -> None:
+            try:
+                fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - the page is a view; never fail the node for it
+                self.node.get_logger().warning(f"viewer update failed: {type(exc).__name__}: {exc}")
+
+        self._viewer_jobs.submit(job)
+
+    def _show_answer(self, scene: Any, result: Any, negatives: list[str]) -> None:
+        # Jobs run in order: a scene swapped in before this answer is already on the page.
+        if self.viewer is not None and self.viewer.scene is scene:
+            self.viewer.show_result(result, negatives=negatives, source="/semantic_query")
+
+    def stop_viewer(self) -> None:
+        if self._viewer_jobs is not None:
+            self._viewer_jobs.shutdown(wait=True, cancel_futures=True)
+        if self.viewer is not None:
+            self.viewer.stop()
+            self.viewer = None
 
     # ------------------------------------------------------------------ scenes
 
@@ -105,6 +152,8 @@ class SceneServer:
             loaded = load_scene(Path(path), device=self.cfg.device, query_cfg=self.cfg.query, allowed_dirs=allowed)
             self.scene = loaded  # the atomic swap: one reference assignment
         self.publish_scene_cloud()
+        if self.viewer is not None:
+            self._to_viewer(self.viewer.set_scene, loaded)
         self.node.get_logger().info(f"serving scene {loaded.path} ({loaded.num_gaussians} Gaussians)")
         return loaded
 
@@ -181,6 +230,7 @@ class SceneServer:
         per_instance_only = req.clouds == conv.CLOUDS_PER_INSTANCE
         self.query_pub.publish(conv.result_to_cloud(result, header, T) if per_instance_only else resp.cloud)
         self.marker_pub.publish(conv.instances_to_markers(resp.instances, header))
+        self._to_viewer(self._show_answer, scene, result, list(req.negatives))
 
 
 __all__ = ["HARD_MAX_QUERY_CHARS", "LATCHED", "RequestError", "SceneServer", "check_request"]

@@ -105,14 +105,18 @@ class SceneViewer:
         host: interface to bind (loopback by default).
         port: TCP port (viser takes the next free one when it is in use; see :attr:`port`).
         verbose: let viser print its banner and connection log.
+        engine_lock: held around every call into a scene's engine (the node passes the lock its
+            ``/semantic_query`` holds: the engine's embedding cache is shared).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, verbose: bool = False) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, verbose: bool = False,
+                 engine_lock: Any = None) -> None:  # fmt: skip
         import viser
 
         self.server = viser.ViserServer(host=host, port=port, verbose=verbose)
         self.server.scene.set_up_direction("+z")
         self._lock = threading.RLock()
+        self._engine_lock = engine_lock if engine_lock is not None else threading.Lock()
         self.scene: Any = None  # scene.LoadedScene
         self.last_result: Any = None  # query.engine.QueryResult
         self.last_negatives: list[str] = []
@@ -277,7 +281,8 @@ class SceneViewer:
             if scene is None:
                 raise RuntimeError("no scene is loaded yet")
             t0 = time.perf_counter()
-            result = scene.engine.query(text, negatives=negatives, threshold=threshold)
+            with self._engine_lock:
+                result = scene.engine.query(text, negatives=negatives, threshold=threshold)
             t_query = time.perf_counter()
             self.show_result(result, negatives=negatives)
             self.timings_ms = {"query": (t_query - t0) * 1e3, "show": (time.perf_counter() - t_query) * 1e3}
@@ -320,7 +325,8 @@ class SceneViewer:
         mode = self.gui_color_by.value
         if mode.startswith("relevance: ") and self.scene is not None:
             level = mode.split(": ", 1)[1]
-            rel = self.scene.engine.relevance(result.text, self.last_negatives or None)
+            with self._engine_lock:
+                rel = self.scene.engine.relevance(result.text, self.last_negatives or None)
             rgb = relevance_colors(rel[level]) if level in rel else self._base_rgb
         else:
             rgb = highlight_colors(self._base_rgb, [inst.gaussian_ids for inst in result.instances])
