@@ -27,6 +27,8 @@ def test_demo_end_to_end(tmp_path, ros_env_vars):
     for label, record in summary["per_label"].items():
         assert record["num_pred"] >= 1, label
         assert (out / "renders" / label.replace(" ", "_") / "selection.png").is_file()
+        for kind in ("highlight", "relevance_overlay", "relevance_heatmap", "render"):
+            assert (out / "renders" / label.replace(" ", "_") / "highlight" / f"{kind}.png").is_file()
         assert len(summary["files"]["relevance"][label]) == 2
     assert list((out / "objects").glob("*.ply"))
     # what RViz would show, drawn from the node's latched topics as received over DDS

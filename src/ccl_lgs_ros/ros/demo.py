@@ -11,8 +11,10 @@
 4. calls ``/semantic_query`` from this process for every object label (one label is shared by
    two objects) and scores each returned cloud against the ground-truth object points;
 5. writes to the output folder: per-object ``.ply`` clouds (as received over ROS), a 3DGS
-   ``.ply`` of each selection, PNG renders with the found objects highlighted, relevance maps of
-   a held-out view, and ``summary.json`` with the 3D metrics.
+   ``.ply`` of each selection, PNG renders with the found objects highlighted (RViz-style, and
+   photoreal in ``renders/<label>/highlight/``: the rendered training view with the answer tinted
+   and outlined, the 2D relevance over it), relevance maps of a held-out view, and
+   ``summary.json`` with the 3D metrics.
 
 Exit status 0 only when every queried object is found with F1 above ``--min-f1``.
 
@@ -369,12 +371,17 @@ def _pictures(scene_path: Path, source: Any, labels: list[str], out: Path) -> di
     from ..scene import load_scene
     from ..semantics.relevance import RelevanceRenderer, write_relevance_pngs
     from ..splat.data import split_indices
+    from ..viewer.highlight import write_highlights
 
     scene = load_scene(scene_path)
     files: dict[str, Any] = {"renders": {}, "relevance": {}}
     for label in labels:
         result = scene.engine.query(label)
         files["renders"][label] = export_result(out / "renders" / label.replace(" ", "_"), scene.index, result)
+        # Photoreal: the rendered training view with the answer tinted, and the relevance over it.
+        files["renders"][label]["highlight"] = write_highlights(
+            out / "renders" / label.replace(" ", "_") / "highlight", scene, result, capture=source
+        )
     cfg = from_dict(scene.record["config"])
     _, test = split_indices(len(source.frames), cfg.rgb.holdout_every)
     frame = (test or [0])[0]
