@@ -166,3 +166,37 @@ def test_answers_from_elsewhere_are_shown(viewer, scenes):
     result = scenes[0].engine.query("blue bowl")  # e.g. the node's /semantic_query
     viewer.show_result(result, source="/semantic_query")
     assert viewer.answers_shown == 1 and "/semantic_query" in viewer.gui_answer.content
+
+
+def test_ccl_lgs_view_serves_until_interrupted(scenes):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "ccl_lgs_ros", "view", str(scenes[0].path), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = ""
+        end = time.monotonic() + 120
+        while "viewer of" not in line and time.monotonic() < end:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "ccl-lgs view exited early"
+        url = line.split(" at ")[1].split()[0]
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert resp.status == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_ccl_lgs_view_of_a_missing_scene_is_a_clear_error(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ccl_lgs_ros", "view", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "no such scene folder" in proc.stderr and "Traceback" not in proc.stderr
