@@ -125,6 +125,8 @@ class SceneViewer:
         self.timings_ms: dict[str, float] = {}
         self._splats: Any = None
         self._base_rgb: np.ndarray | None = None
+        self._base_u8 = np.zeros((0, 3), np.uint8)
+        self._dim_u8 = np.zeros((0, 3), np.uint8)
         self._answer_nodes: list[Any] = []
         self._scene_nodes: list[Any] = []
         self._build_gui()
@@ -217,6 +219,9 @@ class SceneViewer:
                 self._splats.remove()
             self.scene, self.last_result = scene, None
             self._base_rgb = rgb
+            # uint8 once per scene: an answer then only rewrites its own Gaussians' colours.
+            self._base_u8 = np.rint(rgb * 255).astype(np.uint8)
+            self._dim_u8 = np.rint(rgb * (255 * DIM)).astype(np.uint8)
             self._splats = self.server.scene.add_gaussian_splats(
                 "/scene/splats", centers=centers, covariances=covs, rgbs=rgb, opacities=opac
             )
@@ -328,8 +333,12 @@ class SceneViewer:
             with self._engine_lock:
                 rel = self.scene.engine.relevance(result.text, self.last_negatives or None)
             rgb = relevance_colors(rel[level]) if level in rel else self._base_rgb
-        else:
-            rgb = highlight_colors(self._base_rgb, [inst.gaussian_ids for inst in result.instances])
+        else:  # highlight_colors(), in uint8 and touching only the answer's Gaussians
+            rgb = self._dim_u8.copy()
+            for i, inst in enumerate(result.instances):
+                ids = inst.gaussian_ids
+                col = np.asarray(PALETTE[i % len(PALETTE)], dtype=np.float32)
+                rgb[ids] = np.rint(255 * ((1.0 - TINT) * self._base_rgb[ids] + TINT * col)).astype(np.uint8)
         self._splats.rgbs = rgb
 
     def clear_answer(self) -> None:
@@ -338,8 +347,8 @@ class SceneViewer:
                 node.remove()
             self._answer_nodes = []
             self.last_result = None
-            if self._splats is not None and self._base_rgb is not None:
-                self._splats.rgbs = self._base_rgb
+            if self._splats is not None:
+                self._splats.rgbs = self._base_u8
             self.gui_answer.content = ""
 
     def _remember(self, text: str) -> None:
