@@ -94,3 +94,8 @@ if want objectness; then
       --set priors.sim_objectness=0.6 --out $R/pipeline_objectness.json
   run bench/bench_pipeline.py --seeds 101 102 103 --variants baseline pull push ccl --set priors.sim_confusion=0.3 \
       --set priors.sim_misread_keep=0.8 --set priors.sim_objectness=0.6 --out $R/pipeline_objectness_tie_3.json; fi
+if want viewer; then
+  # the browser viewer in headless Chromium (software WebGL); private network namespace: loopback only
+  echo "== (unshare -n) bench/bench_viewer.py"
+  unshare -n sh -c "ip link set lo up && exec $PY bench/bench_viewer.py --sizes 100000 300000 1000000 \
+      --queries 5 --open-timeout 60 --out $R/viewer"; fi
