@@ -26,7 +26,7 @@ def main() -> int:
     p.add_argument("query")
     p.add_argument("out", type=Path)
     p.add_argument("--size", default="1200,760", help="browser window WIDTH,HEIGHT")
-    p.add_argument("--fov", type=float, default=0.9, help="vertical field of view (rad)")
+    p.add_argument("--fov", type=float, default=0.8, help="vertical field of view (rad)")
     args = p.parse_args()
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver_path):
@@ -65,7 +65,6 @@ def main() -> int:
         if capture_poses(scene) is not None:
             cap = Capture.load(scene.record["capture"])
             eye = opengl_to_optical_c2w(cap.frames[pick_camera(cap, look[None])].c2w)[:3, 3]
-            eye = look + 1.3 * (eye - look)  # a step back, so the camera path shows too
         else:
             eye = look + np.array([0.8, -0.8, 0.6])
         client.camera.up_direction = (0.0, 0.0, 1.0)

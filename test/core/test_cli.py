@@ -15,7 +15,7 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def test_help_lists_subcommands():
     out = run_cli("--help").stdout
-    for cmd in ("info", "import", "synth", "train", "eval", "query", "export", "config"):
+    for cmd in ("info", "import", "synth", "train", "eval", "query", "view", "export", "config"):
         assert cmd in out
 
 

@@ -228,7 +228,7 @@ class SceneViewer:
             lo, hi = np.percentile(centers, 2, axis=0), np.percentile(centers, 98, axis=0)
             size = float(np.max(hi - lo)) if centers.size else 1.0
             self._scene_nodes.append(self.server.scene.add_frame(
-                f"/{index.frame_id or 'world'}", axes_length=0.25 * size, axes_radius=0.006 * size,
+                f"/{index.frame_id or 'world'}", axes_length=0.1 * size, axes_radius=0.003 * size,
             ))  # fmt: skip
             self._scene_nodes.append(self.server.scene.add_label(
                 "/frame_name", index.frame_id or "world", position=(0.0, 0.0, 0.03 * size)
