@@ -20,7 +20,7 @@ import pytest
 
 # The timeout covers the session fixture that trains the scene (15 s on an idle 2-core machine, minutes
 # on a loaded one).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -87,7 +87,7 @@ def _wait(cond, timeout: float, what: str) -> None:  # noqa: ANN001 - a callable
         time.sleep(0.1)
 
 
-def test_typed_query_lights_up_the_object_where_it_projects(trained_scene, browser):
+def test_typed_query_lights_up_the_object_where_it_projects(browser, trained_scene):
     import cv2
     from PIL import Image
     from selenium.webdriver.common.by import By
