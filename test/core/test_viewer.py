@@ -16,17 +16,17 @@ def _blob_scene(dest, labels=("red mug", "blue bowl"), centers=((2.0, 0.0, 0.8),
     simulator text embeddings (plus 'floor')."""
     from ccl_lgs_ros.config import Config, to_dict
     from ccl_lgs_ros.io import atomic_write_json
-    from ccl_lgs_ros.pipeline import SCENE_FORMAT_VERSION
     from ccl_lgs_ros.priors.simulator import SimulatedTextEncoder
-    from ccl_lgs_ros.query.synthetic import blob_scene
-    from ccl_lgs_ros.scene import QUERY_INDEX, load_scene
+    from ccl_lgs_ros.scene import load_scene
+    from ccl_lgs_ros.scene.layout import SCENE_FORMAT_VERSION, SceneDir
+    from ccl_lgs_ros.testing.blobs import blob_scene
 
     enc = SimulatedTextEncoder(dim=64, seed=0)
     names = [*labels, "floor"]
     codes = np.arange(len(labels))
     scene = blob_scene(n, np.asarray(centers, float), codes, len(labels), radius=0.1, seed=1)
     dest.mkdir(parents=True, exist_ok=True)
-    scene.index(enc.encode_text(names), level="wp", frame_id="map").save(dest / QUERY_INDEX)
+    scene.index(enc.encode_text(names), level="wp", frame_id="map").save(SceneDir(dest).query_index)
     atomic_write_json(dest / "scene.json", {
         "format_version": SCENE_FORMAT_VERSION, "frame_id": "map", "world_from_scene": np.eye(4).tolist(),
         "config": to_dict(Config()), "text_encoder": enc.spec(),

@@ -107,7 +107,7 @@ class SceneServer:
         try:
             from ..viewer.server import SceneViewer
 
-            self.viewer = SceneViewer(host=vcfg.host, port=vcfg.port, engine_lock=self._engine_lock)
+            self.viewer = SceneViewer(host=vcfg.host, port=vcfg.port)
         except Exception as exc:  # noqa: BLE001 - no viser, port refused: serve queries anyway
             self.node.get_logger().error(f"viewer not started: {type(exc).__name__}: {exc}")
             return

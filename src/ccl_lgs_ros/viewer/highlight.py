@@ -158,7 +158,8 @@ def write_highlights(out_dir: str | Path, scene: Any, result: Any, camera: int |
         write_image(out / f"{kind}.png", imgs[kind])
         files[kind] = str(out / f"{kind}.png")
     negs = [*cfg.query.negatives, *(negatives or [])]
-    renderer = RelevanceRenderer(scene.path, list(dict.fromkeys(negs)), device="cpu", backend=backend)
+    renderer = RelevanceRenderer(scene.path, list(dict.fromkeys(negs)), device="cpu", backend=backend,
+                                 temperature=cfg.query.temperature)
     maps = {lv: m[0] for lv, m in renderer.maps(capture, int(camera), [result.text], w, h).items()}
     level = result.level if result.level in maps else pick_level(maps)
     files["level"] = level

@@ -54,7 +54,7 @@ def _wxyz(R: np.ndarray) -> np.ndarray:
 def splat_covariances(quats: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """World-frame covariances ``R diag(s^2) R^T`` ``float32 [N, 3, 3]`` of (w, x, y, z) quaternions
     (any norm) and activated scales."""
-    from ..query.index import quats_to_rotmats
+    from ..geometry import quats_to_rotmats
 
     R = quats_to_rotmats(quats).astype(np.float32)
     s2 = np.square(np.asarray(scales, dtype=np.float32))
@@ -105,18 +105,17 @@ class SceneViewer:
         host: interface to bind (loopback by default).
         port: TCP port (viser takes the next free one when it is in use; see :attr:`port`).
         verbose: let viser print its banner and connection log.
-        engine_lock: held around every call into a scene's engine (the node passes the lock its
-            ``/semantic_query`` holds: the engine's embedding cache is shared).
+
+    The scene's engine is thread-safe: the page's queries and the node's ``/semantic_query`` may
+    run at once; the viewer's own lock only orders what it sends to the page.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, verbose: bool = False,
-                 engine_lock: Any = None) -> None:  # fmt: skip
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, verbose: bool = False) -> None:
         import viser
 
         self.server = viser.ViserServer(host=host, port=port, verbose=verbose)
         self.server.scene.set_up_direction("+z")
         self._lock = threading.RLock()
-        self._engine_lock = engine_lock if engine_lock is not None else threading.Lock()
         self.scene: Any = None  # scene.LoadedScene
         self.last_result: Any = None  # query.engine.QueryResult
         self.last_negatives: list[str] = []
@@ -286,8 +285,7 @@ class SceneViewer:
             if scene is None:
                 raise RuntimeError("no scene is loaded yet")
             t0 = time.perf_counter()
-            with self._engine_lock:
-                result = scene.engine.query(text, negatives=negatives, threshold=threshold)
+            result = scene.engine.query(text, negatives=negatives, threshold=threshold)
             t_query = time.perf_counter()
             self.show_result(result, negatives=negatives)
             self.timings_ms = {"query": (t_query - t0) * 1e3, "show": (time.perf_counter() - t_query) * 1e3}
@@ -330,8 +328,7 @@ class SceneViewer:
         mode = self.gui_color_by.value
         if mode.startswith("relevance: ") and self.scene is not None:
             level = mode.split(": ", 1)[1]
-            with self._engine_lock:
-                rel = self.scene.engine.relevance(result.text, self.last_negatives or None)
+            rel = self.scene.engine.relevance(result.text, self.last_negatives or None)
             rgb = relevance_colors(rel[level]) if level in rel else self._base_rgb
         else:  # highlight_colors(), in uint8 and touching only the answer's Gaussians
             rgb = self._dim_u8.copy()
@@ -373,7 +370,7 @@ class SceneViewer:
 def serve(scene_path: str | Path, host: str = "127.0.0.1", port: int = 8080, device: str = "cpu",
           stop: threading.Event | None = None) -> int:  # fmt: skip
     """``ccl-lgs view``: load the scene, serve it until interrupted (or ``stop`` is set)."""
-    from ..scene import load_scene
+    from ..scene.load import load_scene
 
     scene = load_scene(scene_path, device=device)
     viewer = SceneViewer(host=host, port=port)
