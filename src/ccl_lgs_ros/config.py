@@ -114,9 +114,20 @@ class PriorsConfig:
         "documented stand-in that reads ground-truth instance maps (tests and demo only).",
         choices=["real", "simulator"],
     )
-    sam_model_type: str = _f("vit_h", "SAM architecture.", choices=["vit_h", "vit_l", "vit_b"])
+    sam_model_type: str = _f(
+        "auto",
+        "SAM architecture; 'auto' reads it from the checkpoint's tensor shapes (vit_b / vit_l / vit_h, or "
+        "'reduced', the project's random-weight test size). A named type that does not fit the file is "
+        "an error naming the right one.",
+        choices=["auto", "vit_h", "vit_l", "vit_b", "reduced"],
+    )
     sam_checkpoint: str = _f("", "Path to the SAM checkpoint (e.g. sam_vit_h_4b8939.pth).")
-    sam2_config: str = _f("configs/sam2.1/sam2.1_hiera_l.yaml", "SAM 2 model config name.")
+    sam2_config: str = _f(
+        "auto",
+        "SAM 2 model config name (e.g. configs/sam2.1/sam2.1_hiera_l.yaml); 'auto' reads it from the "
+        "checkpoint (SAM 2 or 2.1, hiera t / s / b+ / l). A config that does not fit the file is an error "
+        "naming the right one.",
+    )
     sam2_checkpoint: str = _f("", "Path to the SAM 2 checkpoint (e.g. sam2.1_hiera_large.pt).")
     clip_model: str = _f("ViT-B-16", "OpenCLIP architecture.")
     clip_pretrained: str = _f(
@@ -130,6 +141,24 @@ class PriorsConfig:
     min_mask_area: int = _f(100, "Masks smaller than this (pixels) are dropped.", min=0)
     association_iou: float = _f(0.5, "IoU above which a mask takes a tracked object's label.")
     reseed: bool = _f(True, "Re-seed the tracker with unlabelled masks of later frames.")
+    association_window: int = _f(
+        16,
+        "Frames per SAM 2 propagation window: a pass never tracks further; each window's first frame "
+        "re-seeds every object seen there, so labels carry on across windows.",
+        min=2,
+    )
+    association_patience: int = _f(
+        2, "A SAM 2 pass stops after this many consecutive frames in which none of its objects matched a mask.", min=1
+    )
+    association_budget: float = _f(
+        3.0,
+        "Cap on SAM 2 propagated frames as a multiple of the frame count (0 = no cap); when reached, "
+        "association stops with a warning and the masks not reached stay unlabelled.",
+        min=0.0,
+    )
+    sam2_image_size: int = _f(
+        0, "Input size of the SAM 2 tracker in pixels (0 = the config's 1024; smaller is faster, coarser).", min=0
+    )
     granularity_aware: bool = _f(False, "GAGS granularity-aware prompting (needs depth).")
     image_size: int = _f(0, "Longest image side fed to the priors (0 = capture resolution).", min=0)
     points_per_batch: int = _f(64, "SAM point prompts decoded together (memory vs speed).", min=1)

@@ -199,3 +199,92 @@ def test_gags_prompts_follow_coverage():
     depth[:, 16:] = 0.0  # right half uncovered
     pts = granularity_points(depth, depth, points_per_side=8, patches_per_side=2)
     assert len(pts) > 0 and (pts[:, 0] < 16).all()
+
+
+class _BlindTracker(_OracleTracker):
+    """A tracker that follows nothing (random weights): every propagated mask is empty."""
+
+    def __init__(self, n: int, h: int, w: int) -> None:
+        super().__init__([np.zeros((h, w), np.int64)] * n)
+        self.steps = 0
+
+    def add_new_mask(self, state, frame_idx, obj_id, mask):  # noqa: ANN001
+        state["objs"][obj_id] = -1
+
+    def propagate_in_video(self, state, start_frame_idx=0):  # noqa: ANN001
+        self.passes += 1
+        ids = list(state["objs"])
+        for t in range(start_frame_idx, len(self.gt)):
+            self.steps += 1
+            yield t, ids, torch.full((len(ids), 1) + self.gt[t].shape, -5.0)
+
+
+def _grid_maps(n: int, h: int, w: int, per_frame: int) -> list[np.ndarray]:
+    maps = []
+    for _ in range(n):
+        m = np.full((h, w), -1, np.int32)
+        for k in range(per_frame):
+            m[:, k * (w // per_frame) : (k + 1) * (w // per_frame)] = k
+        maps.append(m)
+    return maps
+
+
+@pytest.mark.parametrize("n", [12, 48])
+def test_association_cost_bounded_when_nothing_tracks(n):
+    h, w = 8, 12
+    tracker = _BlindTracker(n, h, w)
+    frames = VideoFrames(lambda i: np.zeros((h, w, 3), np.uint8), n, 16)
+    lines: list[str] = []
+    labels, stats = associate_masks(
+        tracker, frames, _grid_maps(n, h, w, 3), window=8, patience=2, budget=0, log=lines.append
+    )
+    # Every frame re-seeds (nothing matches), but each pass dies after `patience` misses: <= 3 per frame.
+    assert stats.frames_tracked == tracker.steps <= 3 * n
+    assert stats.fraction_labelled == 1.0 and stats.objects == 3 * n and not lines and not stats.capped
+    assert len({int(x) for lab in labels for x in lab}) == 3 * n  # nothing tracked: all labels distinct
+
+
+def test_association_cap_is_logged_and_names_the_setting():
+    n, h, w = 20, 8, 12
+    tracker = _BlindTracker(n, h, w)
+    frames = VideoFrames(lambda i: np.zeros((h, w, 3), np.uint8), n, 16)
+    lines: list[str] = []
+    labels, stats = associate_masks(tracker, frames, _grid_maps(n, h, w, 2), budget=1.0, log=lines.append)
+    assert stats.capped and stats.budget == n
+    assert n <= stats.frames_tracked <= n + 3  # a pass already running may finish
+    assert len(lines) == 1 and "priors.association_budget" in lines[0] and "unlabelled" in lines[0]
+    assert 0.0 < stats.fraction_labelled < 1.0  # what was reached keeps its labels
+
+
+def test_association_windows_carry_labels_across_boundaries():
+    """A perfect tracker: every object keeps one label over the whole video, whatever the window."""
+    n, h, w = 30, 10, 40
+    gt = []
+    for t in range(n):
+        m = np.zeros((h, w), np.int64)
+        m[:, :8] = 1  # in view throughout
+        if 5 <= t < 22:
+            m[:, 12:20] = 2  # enters mid-window, leaves in a later window
+        if t >= 13:
+            m[:, 24:32] = 3
+        gt.append(m)
+    id_maps = []
+    rng = np.random.default_rng(0)
+    for m in gt:
+        ids = np.full((h, w), -1, np.int32)
+        present = [o for o in (1, 2, 3) if (m == o).any()]
+        for k, o in enumerate(rng.permutation(present)):
+            ids[m == o] = k
+        id_maps.append(ids)
+    frames = VideoFrames(lambda i: np.zeros((h, w, 3), np.uint8), n, 16)
+    for window in (4, 8, 64):
+        tracker = _OracleTracker(gt)
+        labels, stats = associate_masks(tracker, frames, id_maps, window=window)
+        per_object: dict[int, set[int]] = {}
+        for t in range(n):
+            for k, lab in enumerate(labels[t]):
+                obj = int(gt[t][id_maps[t] == k][0])
+                per_object.setdefault(obj, set()).add(int(lab))
+        assert all(len(v) == 1 for v in per_object.values()), (window, per_object)
+        assert stats.objects == 3 and stats.fraction_labelled == 1.0
+        assert stats.frames_tracked <= 3 * n  # everything tracks: about one step per frame and object group

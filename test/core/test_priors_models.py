@@ -15,6 +15,7 @@ import torch
 from ccl_lgs_ros.capture.format import Capture, Frame, Intrinsics, write_image
 from ccl_lgs_ros.config import Config
 from ccl_lgs_ros.priors.models import (
+    CheckpointMismatchError,
     MissingCheckpointError,
     RealPriorsBackend,
     build_clip_text_encoder,
@@ -60,6 +61,87 @@ def test_clip_loads_a_checkpoint_file(tmp_path, clip):
     text = ["a red mug", "a blue box"]
     np.testing.assert_allclose(loaded.encode_text(text), clip.encode_text(text), atol=1e-5)
     assert loaded.spec() == spec
+
+
+# ------------------------------------------------------------------ checkpoint / setting mismatches
+# Random-weight checkpoints in the official layouts, written to tmp_path (never committed):
+# SAM as a plain state dict, SAM 2 as {"model": state dict}, OpenCLIP as a plain state dict.
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc)
+    assert "\n" not in msg and len(msg) < 600, msg  # one line, not PyTorch's load_state_dict dump
+    return msg
+
+
+@pytest.mark.slow
+def test_sam_vit_b_checkpoint_detected_and_mismatch_named(tmp_path):
+    path = tmp_path / "sam_vit_b_01ec64.pth"
+    torch.save(build_random_sam("vit_b", "cpu", seed=1).state_dict(), path)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_sam("vit_h", str(path), "cpu")  # the old default with a ViT-B file: named before loading
+    msg = _one_line(err.value)
+    assert "priors.sam_model_type=vit_b" in msg and "priors.sam_checkpoint" in msg
+    model = load_sam("auto", str(path), "cpu")
+    assert model.image_encoder.patch_embed.proj.weight.shape[0] == 768 and len(model.image_encoder.blocks) == 12
+    ref = torch.load(path, weights_only=True)
+    key = "mask_decoder.iou_prediction_head.layers.0.weight"
+    assert torch.equal(model.state_dict()[key], ref[key])
+    assert load_sam("vit_b", str(path), "cpu") is not None
+
+
+def test_reduced_sam_checkpoint_loads_with_auto(tmp_path, sam):
+    path = tmp_path / "sam_reduced.pth"
+    torch.save(sam.state_dict(), path)
+    loaded = load_sam("auto", str(path), "cpu")
+    assert torch.equal(loaded.image_encoder.pos_embed, sam.image_encoder.pos_embed)
+    with pytest.raises(CheckpointMismatchError, match="priors.sam_model_type=reduced"):
+        load_sam("vit_b", str(path), "cpu")
+
+
+@pytest.mark.slow
+def test_sam2_hiera_tiny_checkpoint_detected_and_mismatch_named(tmp_path):
+    path = tmp_path / "sam2.1_hiera_tiny.pt"
+    official = build_random_sam2_video("configs/sam2.1/sam2.1_hiera_t.yaml", "cpu", image_size=None, seed=2)
+    torch.save({"model": official.state_dict()}, path)  # the layout of Meta's release files
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_sam2_video("configs/sam2.1/sam2.1_hiera_l.yaml", str(path), "cpu")
+    msg = _one_line(err.value)
+    assert "priors.sam2_config=configs/sam2.1/sam2.1_hiera_t.yaml" in msg
+    with pytest.raises(CheckpointMismatchError, match="sam2_hiera_t"):  # SAM 2.1 file, SAM 2 config
+        load_sam2_video("configs/sam2/sam2_hiera_t.yaml", str(path), "cpu")
+    with pytest.raises(CheckpointMismatchError, match="is not a Segment Anything checkpoint.*priors.sam2_checkpoint"):
+        load_sam("auto", str(path), "cpu")  # the SAM 2 file given as SAM's
+    predictor = load_sam2_video("auto", str(path), "cpu", image_size=256)
+    assert predictor.image_size == 256
+    key = "memory_attention.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(predictor.state_dict()[key], official.state_dict()[key])
+
+
+def test_reduced_sam2_checkpoint_rebuilt_with_its_layers(tmp_path):
+    reduced = build_random_sam2_video(
+        device="cpu", image_size=128, seed=0, hydra_overrides=["++model.memory_attention.num_layers=1"]
+    )
+    path = tmp_path / "sam2_reduced.pt"
+    torch.save({"model": reduced.state_dict()}, path)
+    predictor = load_sam2_video("auto", str(path), "cpu", image_size=128)
+    assert len(predictor.memory_attention.layers) == 1 and predictor.image_size == 128
+
+
+def test_clip_checkpoint_of_another_architecture_named(tmp_path, clip):
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(clip.model.state_dict(), path)  # a ViT-S-32 file
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_clip("ViT-B-16", "laion2b_s34b_b88k", str(path), "cpu")  # the default clip_model
+    msg = _one_line(err.value)
+    assert "priors.clip_model=ViT-S-32" in msg and "priors.clip_checkpoint" in msg
+
+
+def test_unreadable_checkpoint_is_one_line(tmp_path):
+    path = tmp_path / "sam_vit_b_01ec64.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointMismatchError, match="not a readable PyTorch checkpoint"):
+        load_sam("auto", str(path), "cpu")
 
 
 # ------------------------------------------------------------------ fixtures

@@ -6,11 +6,14 @@ small steps). The masks of the first frame seed the tracker; in every later fram
 takes the label of the propagated mask it overlaps most if that IoU exceeds ``iou_thresh``,
 otherwise it stays -1 (the paper).
 
-Beyond the paper (``reseed``): after a pass, the earliest frame that still has unlabelled masks
-seeds a new pass with those masks under new labels, propagating forward from that frame; this
-repeats until every mask is labelled or ``max_rounds`` passes ran. A pass stops early once every
-object it tracks has been absent for ``patience`` consecutive frames, so the cost follows how
-long objects stay in view rather than the length of the sequence.
+Beyond the paper (``reseed``): masks left unlabelled seed the tracker themselves under new
+labels, all unlabelled masks of a frame in one pass. The cost is bounded: passes run inside
+propagation windows (``window`` frames; each window's first frame re-seeds every object seen
+there, so labels carry across windows), a pass stops once none of its objects has matched a mask
+for ``patience`` frames, and the total number of propagated frames is capped (``budget`` x the
+frame count; a log line says when the cap is reached). Without that a tracker that follows
+nothing (e.g. wrong weights) made every frame start a pass to the end of the video: frames x
+re-seeds propagated frames. See :func:`associate_masks`.
 
 SAM 2's loader reads JPEG folders or MP4 files only. The predictor's own ``init_state`` is used
 with its frame loader swapped for :class:`VideoFrames` (in memory, loaded lazily, resized and
@@ -20,6 +23,7 @@ re-compressed.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -33,6 +37,7 @@ import torch.nn.functional as F
 #: sam2's image normalisation (``sam2.utils.misc.load_video_frames`` defaults).
 _SAM2_MEAN = (0.485, 0.456, 0.406)
 _SAM2_STD = (0.229, 0.224, 0.225)
+_LOG = logging.getLogger(__name__)
 
 
 class VideoTracker(Protocol):
@@ -127,12 +132,20 @@ class AssociationStats:
     masks_labelled: int = 0
     objects: int = 0  # distinct labels handed out
     passes: int = 0  # tracker passes (one per seed frame and object chunk)
-    frames_tracked: int = 0  # frame steps over all passes
+    frames_tracked: int = 0  # frames propagated over all passes (the seed frame counts)
     seed_frames: list[int] = field(default_factory=list)  # capture indices that seeded a pass
+    frames: int = 0  # frames in the video
+    budget: int = 0  # cap on frames_tracked (0 = none)
+    capped: bool = False  # the cap stopped association before every mask had its chance
 
     @property
     def fraction_labelled(self) -> float:
         return self.masks_labelled / self.masks_total if self.masks_total else 1.0
+
+    @property
+    def propagated_per_frame(self) -> float:
+        """Frames propagated per input frame (the stage's cost in units of one tracker step)."""
+        return self.frames_tracked / self.frames if self.frames else 0.0
 
     def to_json(self) -> dict:
         return {
@@ -142,6 +155,10 @@ class AssociationStats:
             "objects": self.objects,
             "passes": self.passes,
             "frames_tracked": self.frames_tracked,
+            "frames": self.frames,
+            "propagated_per_frame": self.propagated_per_frame,
+            "budget": self.budget,
+            "capped": self.capped,
             "seed_frames": list(self.seed_frames),
         }
 
@@ -157,6 +174,12 @@ def _mask_iou(id_map: torch.Tensor, k: int, tracked: torch.Tensor) -> torch.Tens
     return (inter / union.clamp_min(1.0)).T
 
 
+def window_starts(n: int, window: int) -> list[int]:
+    """First frame of each propagation window: windows of ``window`` frames sharing their end frames."""
+    step = max(int(window) - 1, 1)
+    return list(range(0, max(n - 1, 1), step)) if n > 1 else [0]
+
+
 def associate_masks(
     predictor: VideoTracker,
     frames: VideoFrames,
@@ -165,12 +188,31 @@ def associate_masks(
     iou_thresh: float = 0.5,
     reseed: bool = True,
     max_objects_per_pass: int = 64,
-    max_rounds: int = 64,
-    patience: int = 10,
+    window: int = 16,
+    patience: int = 2,
+    budget: float = 3.0,
     autocast: AbstractContextManager | None = None,
     frame_names: Sequence[int] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[list[np.ndarray], AssociationStats]:
-    """Associate the masks of one level across frames.
+    """Associate the masks of one level across frames, in propagation windows.
+
+    The video is cut into windows of ``window`` frames; consecutive windows share one frame
+    (the *boundary*). Per window:
+
+    1. **Carry pass**: the window's first frame seeds the tracker with all of its masks at once:
+       masks labelled in the previous window keep their label (the object is carried on), the
+       others get new labels (``reseed``; in the first frame always, as in the paper).
+    2. **Re-seed passes** (``reseed``): the earliest frame of the window that still has
+       unlabelled masks seeds all of them at once under new labels; repeated until none is left.
+
+    Every pass runs forward to the window's last frame (the next window's boundary, so what it
+    labels there is carried on) and stops early once none of its objects has matched a mask for
+    ``patience`` consecutive frames. A mask takes the label of the tracked object it overlaps
+    most when that IoU exceeds ``iou_thresh`` and it has no label yet; otherwise it stays -1.
+    When nothing tracks each frame thus costs at most ``1 + patience`` propagated frames; when
+    everything tracks about one. ``budget`` caps the total at ``budget x`` the frame count: when
+    reached, association stops and ``log`` says so (masks left unlabelled stay -1).
 
     Args:
         predictor: a sam2 video predictor (``init_state`` / ``add_new_mask`` /
@@ -178,62 +220,85 @@ def associate_masks(
         frames: the frames in video order, the same order as ``id_maps``.
         id_maps: each frame's non-overlapping mask map (``-1`` = none), at one common size.
         iou_thresh: a mask takes a tracked label only above this IoU.
-        reseed: re-seed the tracker with unlabelled masks of later frames.
+        reseed: give unlabelled masks of later frames new labels and track them.
         max_objects_per_pass: objects tracked together (memory bound); more seeds -> more passes.
-        max_rounds: cap on seed frames.
-        patience: a pass stops after this many frames in which no tracked object is visible.
+        window: frames per propagation window (>= 2).
+        patience: a pass stops after this many consecutive frames in which none of its objects
+            matched a mask.
+        budget: cap on propagated frames as a multiple of the frame count (0 = no cap).
         autocast: mixed-precision context (bf16 on CUDA).
-        frame_names: capture index of each video position (only for the stats).
+        frame_names: capture index of each video position (for the stats and the log).
+        log: receives one line when the cap is reached (default: the module logger's warning).
 
     Returns:
         Labels ``int32 [K_t]`` per frame (video order; -1 = unlabelled) and the stats.
     """
     autocast = autocast or nullcontext()
+    log = log or _LOG.warning
     n = len(id_maps)
     if len(frames) != n:
         raise ValueError(f"{len(frames)} frames but {n} mask maps")
-    stats = AssociationStats()
+    if window < 2:
+        raise ValueError(f"the association window must hold at least 2 frames, got {window}")
+    stats = AssociationStats(frames=n)
     counts = [int(m.max()) + 1 if m.size and m.max() >= 0 else 0 for m in id_maps]
     labels = [np.full(k, -1, dtype=np.int32) for k in counts]
     stats.masks_total = sum(counts)
+    stats.budget = int(np.ceil(budget * n)) if budget > 0 else 0
     if n == 0 or stats.masks_total == 0:
         return labels, stats
     height, width = id_maps[0].shape
     with _frames_loader(predictor, frames, height, width), torch.inference_mode(), autocast:
         state = predictor.init_state(video_path="<in-memory frames>")
     device = state["device"]
+    name = (lambda pos: int(frame_names[pos])) if frame_names is not None else (lambda pos: pos)
     next_label = 0
-    seed_pos = 0
-    for _ in range(max_rounds):
-        seeds = np.flatnonzero(labels[seed_pos] < 0)
-        if seed_pos == 0 or reseed:
-            for chunk_start in range(0, len(seeds), max_objects_per_pass):
-                chunk = seeds[chunk_start : chunk_start + max_objects_per_pass]
-                obj_labels = next_label + np.arange(len(chunk), dtype=np.int32)
-                next_label += len(chunk)
-                labels[seed_pos][chunk] = obj_labels
-                _track_pass(
-                    predictor,
-                    state,
-                    id_maps,
-                    labels,
-                    seed_pos,
-                    chunk,
-                    obj_labels,
-                    iou_thresh,
-                    patience,
-                    autocast,
-                    device,
-                    stats,
-                )
-            if len(seeds):
-                stats.seed_frames.append(int(frame_names[seed_pos]) if frame_names is not None else seed_pos)
-        if not reseed:
+
+    def run(seed_pos: int, mask_ids: np.ndarray, end: int) -> bool:
+        """Seed ``mask_ids`` of ``seed_pos`` (new labels where unlabelled) in chunks; False once capped."""
+        nonlocal next_label
+        fresh = mask_ids[labels[seed_pos][mask_ids] < 0]
+        labels[seed_pos][fresh] = next_label + np.arange(len(fresh), dtype=np.int32)
+        next_label += len(fresh)
+        if not len(mask_ids) or seed_pos >= n - 1:
+            return True  # nothing to seed, or nothing after the seed frame to track into
+        stats.seed_frames.append(name(seed_pos))
+        objects = np.unique(labels[seed_pos][mask_ids])  # two masks may carry one object: seeded as one
+        for chunk_start in range(0, len(objects), max_objects_per_pass):
+            if stats.budget and stats.frames_tracked >= stats.budget:
+                return False
+            chunk = objects[chunk_start : chunk_start + max_objects_per_pass]
+            _track_pass(
+                predictor, state, id_maps, labels, seed_pos, chunk, end, iou_thresh, patience, autocast, device, stats
+            )
+        return True
+
+    starts = window_starts(n, window)
+    completed = True
+    for w_index, a in enumerate(starts):
+        end = min(a + window - 1, n - 1)  # last frame of the window = the next window's first
+        carried = np.flatnonzero(labels[a] >= 0)
+        new = np.flatnonzero(labels[a] < 0) if (reseed or a == 0) else np.zeros(0, np.int64)
+        completed = run(a, np.concatenate([carried, new]).astype(np.int64), end)
+        # Unlabelled masks of the boundary frame are seeded by the next window's carry pass.
+        last = end if end == n - 1 else end - 1
+        for pos in range(a + 1, last + 1):
+            if not (completed and reseed):
+                break
+            if (labels[pos] < 0).any():
+                completed = run(pos, np.flatnonzero(labels[pos] < 0), end)
+        if not completed:
+            left = sum(int((lab < 0).sum()) for lab in labels)
+            frames_left = sum(1 for lab in labels if (lab < 0).any())
+            log(
+                f"SAM 2 association stopped at its cap of {stats.budget} propagated frames "
+                f"(priors.association_budget={budget:g} x {n} frames) in window {w_index + 1}/{len(starts)} "
+                f"(frames {name(a)}..{name(end)}): {left} masks in {frames_left} frames stay unlabelled. "
+                "Tracking is poor here (few masks matched from frame to frame); raise priors.association_budget "
+                "or priors.association_iou's tolerance (lower it) to spend more, or check the SAM 2 checkpoint."
+            )
+            stats.capped = True
             break
-        later = [t for t in range(seed_pos + 1, n) if (labels[t] < 0).any()]
-        if not later:
-            break
-        seed_pos = later[0]
     stats.masks_labelled = int(sum((lab >= 0).sum() for lab in labels))
     stats.objects = next_label
     return labels, stats
@@ -245,40 +310,42 @@ def _track_pass(
     id_maps: Sequence[np.ndarray],
     labels: list[np.ndarray],
     seed_pos: int,
-    seed_ids: np.ndarray,
-    obj_labels: np.ndarray,
+    seed_objects: np.ndarray,
+    end: int,
     iou_thresh: float,
     patience: int,
     autocast: AbstractContextManager,
     device: torch.device,
     stats: AssociationStats,
 ) -> None:
-    """One tracker pass: seed ``seed_ids`` of frame ``seed_pos``, label unlabelled masks forward."""
+    """One pass: seed the masks of ``seed_objects`` (labels) in frame ``seed_pos``; label free masks up to ``end``."""
     stats.passes += 1
     with torch.inference_mode(), autocast:
         predictor.reset_state(state)
         seed_map = torch.as_tensor(id_maps[seed_pos], device=device)
-        for mask_id, label in zip(seed_ids, obj_labels):
-            predictor.add_new_mask(state, frame_idx=seed_pos, obj_id=int(label), mask=seed_map == int(mask_id))
-        absent = 0
+        seed_labels = torch.as_tensor(labels[seed_pos], device=device)
+        for obj in seed_objects:
+            ids = torch.nonzero(seed_labels == int(obj)).flatten().to(seed_map.dtype)
+            predictor.add_new_mask(state, frame_idx=seed_pos, obj_id=int(obj), mask=torch.isin(seed_map, ids))
+        missed = 0
         for t, obj_ids, logits in predictor.propagate_in_video(state, start_frame_idx=seed_pos):
             stats.frames_tracked += 1
-            tracked = logits[:, 0] > 0.0  # [N, H, W]
-            visible = tracked.flatten(1).any(1)
-            absent = 0 if bool(visible.any()) else absent + 1
-            if absent >= patience:
-                break
             if t == seed_pos:
                 continue
-            free = labels[t] < 0
-            if not free.any():
-                continue
-            id_map = torch.as_tensor(id_maps[t], device=device)
-            iou = _mask_iou(id_map, len(labels[t]), tracked).cpu().numpy()  # [K, N]
-            best = iou.argmax(1)
-            take = free & (iou[np.arange(len(best)), best] > iou_thresh)
-            ids = np.asarray(obj_ids, dtype=np.int32)
-            labels[t][take] = ids[best[take]]
+            tracked = logits[:, 0] > 0.0  # [N, H, W]
+            k = len(labels[t])
+            if k:
+                id_map = torch.as_tensor(id_maps[t], device=device)
+                iou = _mask_iou(id_map, k, tracked).cpu().numpy()  # [K, N]
+                best = iou.argmax(1)
+                hit = iou[np.arange(k), best] > iou_thresh
+                take = hit & (labels[t] < 0)
+                labels[t][take] = np.asarray(obj_ids, dtype=np.int32)[best[take]]
+            else:
+                hit = np.zeros(0, bool)
+            missed = 0 if hit.any() else missed + 1
+            if missed >= patience or t >= end:
+                break
 
 
-__all__ = ["AssociationStats", "VideoFrames", "VideoTracker", "associate_masks", "frame_order"]
+__all__ = ["AssociationStats", "VideoFrames", "VideoTracker", "associate_masks", "frame_order", "window_starts"]

@@ -14,6 +14,7 @@ Random weights produce meaningful-looking nothing: use ``pred_iou_thresh=0`` and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from functools import partial
@@ -33,6 +34,9 @@ from .types import FramePriors, LevelPriors
 if TYPE_CHECKING:
     from ..capture.format import Capture
     from ..config import Config, PriorsConfig
+
+_LOG = logging.getLogger(__name__)
+_DEFAULT_SAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
 
 #: Official SAM checkpoint file per architecture.
 SAM_CHECKPOINTS = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
@@ -67,6 +71,87 @@ def _require_checkpoint(path: str, parameter: str, expected: str, source: str) -
         f"Download it and pass {parameter}=/path/to/{expected} (config file, --set, or ROS parameter). "
         "The simulator (priors.backend=simulator) is a stand-in for tests and the demo only."
     )
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the architecture its setting names (detected before loading)."""
+
+
+def read_state_dict(path: Path, parameter: str) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file (plain state dict, ``{"model": ...}`` or ``{"state_dict": ...}``).
+
+    Read with ``weights_only=True`` (nothing is unpickled beyond tensors) and memory-mapped where
+    the file allows it, so looking at shapes does not cost the file's size in memory.
+    """
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise CheckpointMismatchError(
+            f"{parameter}={str(path)!r} is not a readable PyTorch checkpoint ({exc})"
+        ) from exc
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointMismatchError(f"{parameter}={str(path)!r} holds no state dict of tensors")
+    return obj
+
+
+def _count_blocks(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    return len({k[len(prefix) :].split(".", 1)[0] for k in sd if k.startswith(prefix)})
+
+
+def _shape_mismatch(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> str:
+    """First difference between a state dict and a model's parameters ('' when they fit)."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in sd]
+    if missing:
+        return f"{len(missing)} tensors missing (e.g. {missing[0]})"
+    unexpected = [k for k in sd if k not in want]
+    if unexpected:
+        return f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})"
+    for k, v in want.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            return f"{k} is {tuple(sd[k].shape)} in the file, {tuple(v.shape)} in the model"
+    return ""
+
+
+def detect_sam_model_type(sd: dict[str, torch.Tensor]) -> str | None:
+    """SAM architecture of a state dict from its shapes: vit_b / vit_l / vit_h / reduced, None if unknown."""
+    w = sd.get("image_encoder.patch_embed.proj.weight")
+    if w is None or w.ndim != 4:
+        return None
+    known = {(768, 12): "vit_b", (1024, 24): "vit_l", (1280, 32): "vit_h", (192, 4): "reduced"}
+    return known.get((int(w.shape[0]), _count_blocks(sd, "image_encoder.blocks.")))
+
+
+#: Hiera trunk (embedding width, blocks) -> SAM 2 config size suffix.
+_HIERA_SIZES = {(96, 12): "t", (96, 16): "s", (112, 24): "b+", (144, 48): "l"}
+
+
+def detect_sam2_config(sd: dict[str, torch.Tensor]) -> tuple[str, list[str]] | None:
+    """SAM 2 config of a state dict from its shapes, plus hydra overrides for reduced variants.
+
+    Returns ``(config name, overrides)`` (e.g. ``("configs/sam2.1/sam2.1_hiera_t.yaml", [])``) or
+    None when the tensors are not a SAM 2 model's. SAM 2.1 is told from SAM 2 by its
+    ``no_obj_embed_spatial`` tensor; a memory attention with fewer layers than the official 4 (the
+    project's reduced test models) is rebuilt with that many.
+    """
+    w = sd.get("image_encoder.trunk.patch_embed.proj.weight")
+    if w is None or w.ndim != 4:
+        return None
+    size = _HIERA_SIZES.get((int(w.shape[0]), _count_blocks(sd, "image_encoder.trunk.blocks.")))
+    if size is None:
+        return None
+    version = "sam2.1" if "no_obj_embed_spatial" in sd else "sam2"
+    overrides = []
+    layers = _count_blocks(sd, "memory_attention.layers.")
+    if layers and layers != 4:
+        overrides.append(f"++model.memory_attention.num_layers={layers}")
+    return f"configs/{version}/{version}_hiera_{size}.yaml", overrides
 
 
 # --------------------------------------------------------------------------- precision
@@ -156,15 +241,38 @@ def build_random_sam(model_type: str = "reduced", device: str = "cpu", seed: int
 
 
 def load_sam(model_type: str, checkpoint: str, device: str) -> torch.nn.Module:
-    """SAM ``vit_h`` / ``vit_l`` / ``vit_b`` from an official checkpoint (``priors.sam_checkpoint``)."""
+    """SAM from a checkpoint (``priors.sam_checkpoint``): ``vit_h`` / ``vit_l`` / ``vit_b`` / ``reduced``.
+
+    ``model_type="auto"`` takes the architecture from the file's tensor shapes; a named type that
+    does not fit the file raises :class:`CheckpointMismatchError` naming the right value, before
+    anything is loaded into a model.
+    """
     from segment_anything import sam_model_registry
 
-    if model_type not in SAM_CHECKPOINTS:
-        raise ValueError(f"priors.sam_model_type must be one of {sorted(SAM_CHECKPOINTS)}, got {model_type!r}")
-    path = _require_checkpoint(checkpoint, "priors.sam_checkpoint", SAM_CHECKPOINTS[model_type], _SAM_SOURCE)
-    model = sam_model_registry[model_type](checkpoint=None)
-    # Loaded here rather than by segment_anything so the file is never unpickled.
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    types = [*SAM_CHECKPOINTS, "reduced"]
+    if model_type not in types and model_type != "auto":
+        raise ValueError(f"priors.sam_model_type must be 'auto' or one of {types}, got {model_type!r}")
+    expected = SAM_CHECKPOINTS.get(model_type, "sam_vit_h_4b8939.pth (or sam_vit_l / sam_vit_b)")
+    path = _require_checkpoint(checkpoint, "priors.sam_checkpoint", expected, _SAM_SOURCE)
+    # Read here (weights only) rather than by segment_anything, so the file is never unpickled.
+    sd = read_state_dict(path, "priors.sam_checkpoint")
+    detected = detect_sam_model_type(sd)
+    if detected is None:
+        hint = " (it looks like a SAM 2 checkpoint: that is priors.sam2_checkpoint)" if detect_sam2_config(sd) else ""
+        raise CheckpointMismatchError(
+            f"priors.sam_checkpoint={str(path)!r} is not a Segment Anything checkpoint of a known size "
+            f"(vit_b / vit_l / vit_h){hint}"
+        )
+    if model_type not in ("auto", detected):
+        raise CheckpointMismatchError(
+            f"priors.sam_checkpoint={str(path)!r} is a SAM {detected} checkpoint but "
+            f"priors.sam_model_type={model_type}: set priors.sam_model_type={detected} (or auto)"
+        )
+    model = build_random_sam("reduced", "cpu", None) if detected == "reduced" else sam_model_registry[detected](None)
+    problem = _shape_mismatch(sd, model)
+    if problem:
+        raise CheckpointMismatchError(f"priors.sam_checkpoint={str(path)!r} does not fit SAM {detected}: {problem}")
+    model.load_state_dict(sd)
     return model.to(device).eval()
 
 
@@ -185,16 +293,45 @@ def _sam2_expected_file(config: str) -> str:
     for cfg_name, ckpt in HF_MODEL_ID_TO_FILENAMES.values():
         if Path(cfg_name).name == Path(config).name:
             return ckpt
+    if config == "auto":
+        return "sam2.1_hiera_large.pt (or another SAM 2 / 2.1 size)"
     return "the checkpoint matching " + Path(config).name
 
 
-def load_sam2_video(config: str, checkpoint: str, device: str) -> Any:
-    """SAM 2 video predictor from a config name (``priors.sam2_config``) and ``priors.sam2_checkpoint``."""
+def resolve_sam2_config(config: str, path: Path) -> tuple[str, list[str]]:
+    """The SAM 2 config (and hydra overrides) for checkpoint ``path``; checks a named config fits.
+
+    Raises:
+        CheckpointMismatchError: the file is not a SAM 2 model of a known size, or ``config`` names
+            another size / version than the file holds (the message names the right value).
+    """
+    sd = read_state_dict(path, "priors.sam2_checkpoint")
+    detected = detect_sam2_config(sd)
+    del sd
+    if detected is None:
+        raise CheckpointMismatchError(
+            f"priors.sam2_checkpoint={str(path)!r} is not a SAM 2 checkpoint of a known size (hiera t / s / b+ / l)"
+        )
+    if config not in ("auto", "") and Path(config).name != Path(detected[0]).name:
+        raise CheckpointMismatchError(
+            f"priors.sam2_checkpoint={str(path)!r} holds a {Path(detected[0]).stem} model but "
+            f"priors.sam2_config={config}: set priors.sam2_config={detected[0]} (or auto)"
+        )
+    return detected
+
+
+def load_sam2_video(config: str, checkpoint: str, device: str, image_size: int = 0) -> Any:
+    """SAM 2 video predictor from ``priors.sam2_checkpoint`` and ``priors.sam2_config`` (``auto``: from the file).
+
+    ``image_size`` (``priors.sam2_image_size``, 0 = the config's 1024) resizes the tracker's input:
+    smaller is faster and coarser; the weights are the same.
+    """
     from sam2.build_sam import build_sam2_video_predictor
 
     path = _require_checkpoint(checkpoint, "priors.sam2_checkpoint", _sam2_expected_file(config), _SAM2_SOURCE)
+    name, overrides = resolve_sam2_config(config, path)
     return build_sam2_video_predictor(
-        config, str(path), device=str(device), hydra_overrides_extra=_sam2_video_overrides(None)
+        name, str(path), device=str(device), hydra_overrides_extra=_sam2_video_overrides(image_size or None, overrides)
     )
 
 
@@ -229,6 +366,74 @@ def _clip_hub_name(model: str, pretrained: str) -> str:
     return f"hf-hub:{hub.rstrip('/')}, file open_clip_pytorch_model.bin" if hub else f"{model} / {pretrained}"
 
 
+def _clip_shape_key(width: int, layers: int, patch: int, embed: int) -> tuple[int, int, int, int]:
+    return width, layers, patch, embed
+
+
+def detect_clip_models(sd: dict[str, torch.Tensor]) -> list[str]:
+    """OpenCLIP architectures whose vision tower fits a state dict's shapes (ViT models only)."""
+    import open_clip
+
+    conv = sd.get("visual.conv1.weight")
+    proj = sd.get("visual.proj")
+    if conv is None or proj is None or conv.ndim != 4:
+        return []
+    have = _clip_shape_key(
+        int(conv.shape[0]), _count_blocks(sd, "visual.transformer.resblocks."), int(conv.shape[-1]), int(proj.shape[1])
+    )
+    found = []
+    for name in open_clip.list_models():
+        cfg = open_clip.get_model_config(name) or {}
+        vision = cfg.get("vision_cfg", {})
+        if not isinstance(vision.get("layers"), int) or "timm_model_name" in vision:
+            continue
+        key = _clip_shape_key(
+            vision.get("width", 768), vision["layers"], vision.get("patch_size", 16), cfg.get("embed_dim", 0)
+        )
+        if key == have:
+            found.append(name)
+    return found
+
+
+def _clip_signature(sd: dict[str, Any]) -> dict[str, Any]:
+    """The architecture-defining shapes of an OpenCLIP ViT state dict (those present)."""
+    sig: dict[str, Any] = {}
+    for key in ("visual.conv1.weight", "visual.proj", "text_projection", "token_embedding.weight"):
+        if key in sd:
+            sig[key] = tuple(sd[key].shape)
+    for prefix in ("visual.transformer.resblocks.", "transformer.resblocks."):
+        blocks = _count_blocks(sd, prefix)
+        if blocks:
+            sig[prefix + "*"] = blocks
+    return sig
+
+
+def _check_clip_checkpoint(model: str, path: Path) -> None:
+    """Raise :class:`CheckpointMismatchError` (naming ``priors.clip_model``) if ``path`` is another architecture.
+
+    Only the vision / text towers' defining shapes are compared (open_clip converts other
+    layouts itself); files without them are left to open_clip.
+    """
+    import open_clip
+
+    sd = read_state_dict(path, "priors.clip_checkpoint")
+    if any(k.startswith("module.") for k in sd):  # saved from DDP: open_clip strips the prefix
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    with torch.device("meta"):  # shapes only: no memory, no initialisation time
+        want = _clip_signature(open_clip.create_model(model, pretrained=None, device="meta").state_dict())
+    have = _clip_signature(sd)
+    diff = [k for k in have if k in want and have[k] != want[k]]
+    if diff:
+        fits = detect_clip_models(sd)
+        advice = f"set priors.clip_model={fits[0]}" + (f" (or one of {fits[1:6]})" if len(fits) > 1 else "")
+        if not fits:
+            advice = "set priors.clip_model to the architecture the file was trained with"
+        raise CheckpointMismatchError(
+            f"priors.clip_checkpoint={str(path)!r} does not fit priors.clip_model={model} "
+            f"({diff[0]} is {have[diff[0]]} in the file, {want[diff[0]]} in {model}): {advice}"
+        )
+
+
 def load_clip(
     model: str,
     pretrained: str,
@@ -258,6 +463,8 @@ def load_clip(
     else:
         weights = pretrained  # open_clip resolves the tag (its cache first, then the hub)
         spec["allow_download"] = True
+    if checkpoint:
+        _check_clip_checkpoint(model, Path(str(weights)))
     rng = _seeded(seed if weights is None else None)
     try:
         net, _, _ = open_clip.create_model_and_transforms(model, pretrained=weights, device=device)
@@ -412,8 +619,12 @@ class RealPriorsBackend:
                 iou_thresh=self.cfg.association_iou,
                 reseed=self.cfg.reseed,
                 max_objects_per_pass=self.cfg.association_max_objects,
+                window=self.cfg.association_window,
+                patience=self.cfg.association_patience,
+                budget=self.cfg.association_budget,
                 autocast=self.precision,
                 frame_names=order,
+                log=partial(_log_level, level),
             )
             for pos, i in enumerate(order):
                 priors[i].levels[level].labels[...] = labels[pos]
@@ -423,11 +634,15 @@ class RealPriorsBackend:
         return self.clip
 
 
+def _log_level(level: str, line: str) -> None:
+    _LOG.warning("level %s: %s", level, line)
+
+
 def build_real_backend(cfg: Config, device: str) -> RealPriorsBackend:
     """The real backend from the configured checkpoints (raises :class:`MissingCheckpointError`)."""
     p = cfg.priors
     sam = load_sam(p.sam_model_type, p.sam_checkpoint, device)
-    sam2_video = load_sam2_video(p.sam2_config, p.sam2_checkpoint, device)
+    sam2_video = load_sam2_video(p.sam2_config, p.sam2_checkpoint, device, p.sam2_image_size)
     clip = load_clip(
         p.clip_model,
         p.clip_pretrained,
@@ -459,8 +674,10 @@ def build_random_backend(
     """
     p = cfg.priors
     if full:
-        sam = build_random_sam(sam_model_type or p.sam_model_type, device, seed)
-        sam2_video = build_random_sam2_video(p.sam2_config, device, image_size=None, seed=seed)
+        sam_type = sam_model_type or p.sam_model_type
+        sam = build_random_sam("vit_h" if sam_type == "auto" else sam_type, device, seed)
+        sam2_cfg = _DEFAULT_SAM2_CONFIG if p.sam2_config == "auto" else p.sam2_config
+        sam2_video = build_random_sam2_video(sam2_cfg, device, image_size=None, seed=seed)
         clip = load_clip(p.clip_model, "", "", device, precision=p.precision, seed=seed)
     else:
         sam = build_random_sam("reduced", device, seed)
@@ -471,6 +688,12 @@ def build_random_backend(
 
 __all__ = [
     "SAM_CHECKPOINTS",
+    "CheckpointMismatchError",
+    "detect_clip_models",
+    "detect_sam2_config",
+    "detect_sam_model_type",
+    "read_state_dict",
+    "resolve_sam2_config",
     "MissingCheckpointError",
     "Precision",
     "RealPriorsBackend",

@@ -9,6 +9,7 @@ the scene), for queries.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +24,18 @@ from ..progress import Progress
 from . import cache
 from .types import CCL_LEVELS, FramePriors, PriorsBackend, TextEncoder
 
+log = logging.getLogger(__name__)
+
 #: Priors settings that only change association (changing them keeps the per-frame cache).
-ASSOCIATION_KEYS = ("association_iou", "reseed", "association_max_objects")
+ASSOCIATION_KEYS = (
+    "association_iou",
+    "reseed",
+    "association_max_objects",
+    "association_window",
+    "association_patience",
+    "association_budget",
+    "sam2_image_size",
+)
 VALID_LEVELS = ("s", "p", "w", "sp", "wp")
 
 
@@ -87,7 +98,30 @@ def _stats(priors: Sequence[FramePriors], levels: Sequence[str]) -> dict[str, An
         lab = sum(int((fp.levels[level].labels >= 0).sum()) for fp in priors)
         masks_per_frame[level] = float(np.mean(counts)) if counts else 0.0
         labelled[level] = float(lab / max(sum(counts), 1))
-    return {"masks_per_frame": masks_per_frame, "labelled_fraction": labelled}
+    empty = {lv: sum(1 for fp in priors if len(fp.levels[lv].labels) == 0) for lv in levels}
+    return {"masks_per_frame": masks_per_frame, "labelled_fraction": labelled, "frames_without_masks": empty}
+
+
+def _warn_empty_frames(priors: Sequence[FramePriors], levels: Sequence[str], cfg: Config) -> dict[str, int]:
+    """Count the frames without any mask per level; warn with the settings that control it."""
+    empty = {lv: sum(1 for fp in priors if len(fp.levels[lv].labels) == 0) for lv in levels}
+    bad = {lv: k for lv, k in empty.items() if k}
+    if bad:
+        p = cfg.priors
+        counts = ", ".join(f"level {lv}: {k}/{len(priors)}" for lv, k in bad.items())
+        log.warning(
+            "frames without any mask (%s). %s",
+            counts,
+            "The simulator found no instance there (priors.sim_corruption, the capture's instances/)"
+            if p.backend == "simulator"
+            else (
+                f"SAM kept no mask there: its quality thresholds priors.pred_iou_thresh={p.pred_iou_thresh} and "
+                f"priors.stability_score_thresh={p.stability_score_thresh} (lower them), priors.min_mask_area="
+                f"{p.min_mask_area}, priors.points_per_side={p.points_per_side}; or the checkpoint "
+                "(priors.sam_checkpoint) is not a trained SAM"
+            ),
+        )
+    return empty
 
 
 def compute_priors(
@@ -195,6 +229,7 @@ def compute_priors(
         # Association needs every frame; masks come back from the cache (frames are small).
         t_assoc = time.monotonic()
         all_priors = [cache.load_frame(out_dir, i) for i in range(n)]
+        _warn_empty_frames(all_priors, levels, cfg)
         backend.associate(capture, all_priors, levels)
         cache.save_labels(out_dir, all_priors, cache.digest([assoc_settings, inputs_digest]))
         assoc_s = time.monotonic() - t_assoc
@@ -207,6 +242,11 @@ def compute_priors(
         **_stats(all_priors, levels),
         "text_encoder": encoder_spec,
     }
+    assoc = getattr(backend, "association_stats", None)  # the real backend's SAM 2 cost per level
+    if assoc:
+        stats["association"] = {
+            lv: {k: v for k, v in st.to_json().items() if k != "seed_frames"} for lv, st in assoc.items()
+        }
     cache.write_meta(out_dir, {**base_meta, "complete": True, "stats": stats})
     return {
         **stats,

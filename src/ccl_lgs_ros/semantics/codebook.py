@@ -193,7 +193,12 @@ def train_codebook(
         labels_per_frame.append(np.asarray(lp.labels, dtype=np.int64))
     nonempty = [i for i, f in enumerate(feats_per_frame) if f.shape[0] > 0]
     if not nonempty:
-        raise ValueError(f"no mask features at level {level!r}: cannot learn a codebook")
+        raise ValueError(
+            f"no mask features at level {level!r}: none of the {len(frames)} frames has a mask at this level, so "
+            "there is nothing to learn a codebook from. With the real backend SAM kept no mask: lower "
+            "priors.pred_iou_thresh / priors.stability_score_thresh (or priors.min_mask_area), raise "
+            "priors.points_per_side, or check priors.sam_checkpoint (the priors stage's warning counts the frames)"
+        )
     all_feats = np.concatenate([feats_per_frame[i] for i in nonempty])
 
     init = kmeanspp_init(all_feats, n_codes, rng)
