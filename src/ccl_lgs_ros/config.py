@@ -142,13 +142,15 @@ class PriorsConfig:
     association_iou: float = _f(0.5, "IoU above which a mask takes a tracked object's label.")
     reseed: bool = _f(True, "Re-seed the tracker with unlabelled masks of later frames.")
     association_window: int = _f(
-        16,
+        32,
         "Frames per SAM 2 propagation window: a pass never tracks further; each window's first frame "
         "re-seeds every object seen there, so labels carry on across windows.",
         min=2,
     )
     association_patience: int = _f(
-        2, "A SAM 2 pass stops after this many consecutive frames in which none of its objects matched a mask.", min=1
+        2,
+        "A SAM 2 pass stops after this many consecutive frames in which none of its objects labelled a new mask.",
+        min=1,
     )
     association_budget: float = _f(
         3.0,

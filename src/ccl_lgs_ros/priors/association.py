@@ -9,8 +9,8 @@ otherwise it stays -1 (the paper).
 Beyond the paper (``reseed``): masks left unlabelled seed the tracker themselves under new
 labels, all unlabelled masks of a frame in one pass. The cost is bounded: passes run inside
 propagation windows (``window`` frames; each window's first frame re-seeds every object seen
-there, so labels carry across windows), a pass stops once none of its objects has matched a mask
-for ``patience`` frames, and the total number of propagated frames is capped (``budget`` x the
+there, so labels carry across windows), a pass stops once none of its objects has given its label to a
+new mask for ``patience`` frames, and the total number of propagated frames is capped (``budget`` x the
 frame count; a log line says when the cap is reached). Without that a tracker that follows
 nothing (e.g. wrong weights) made every frame start a pass to the end of the video: frames x
 re-seeds propagated frames. See :func:`associate_masks`.
@@ -188,7 +188,7 @@ def associate_masks(
     iou_thresh: float = 0.5,
     reseed: bool = True,
     max_objects_per_pass: int = 64,
-    window: int = 16,
+    window: int = 32,
     patience: int = 2,
     budget: float = 3.0,
     autocast: AbstractContextManager | None = None,
@@ -201,17 +201,19 @@ def associate_masks(
     (the *boundary*). Per window:
 
     1. **Carry pass**: the window's first frame seeds the tracker with all of its masks at once:
-       masks labelled in the previous window keep their label (the object is carried on), the
-       others get new labels (``reseed``; in the first frame always, as in the paper).
+       masks labelled in the previous window keep their label (the object is carried on; an
+       object tracked to the boundary without an own mask there is seeded with its tracked
+       mask), the others get new labels (``reseed``; in the first frame always, as in the paper).
     2. **Re-seed passes** (``reseed``): the earliest frame of the window that still has
        unlabelled masks seeds all of them at once under new labels; repeated until none is left.
 
     Every pass runs forward to the window's last frame (the next window's boundary, so what it
-    labels there is carried on) and stops early once none of its objects has matched a mask for
-    ``patience`` consecutive frames. A mask takes the label of the tracked object it overlaps
-    most when that IoU exceeds ``iou_thresh`` and it has no label yet; otherwise it stays -1.
-    When nothing tracks each frame thus costs at most ``1 + patience`` propagated frames; when
-    everything tracks about one. ``budget`` caps the total at ``budget x`` the frame count: when
+    labels there is carried on) and stops early once none of its objects has given its label to
+    a mask for ``patience`` consecutive frames. A mask takes the label of the tracked object it
+    overlaps most when that IoU exceeds ``iou_thresh`` and it has no label yet; otherwise it
+    stays -1. When nothing tracks each frame thus costs at most ``1 + patience`` propagated
+    frames; when everything tracks about one (plus what objects appearing later cost).
+    ``budget`` caps the total at ``budget x`` the frame count: when
     reached, association stops and ``log`` says so (masks left unlabelled stay -1).
 
     Args:
@@ -224,7 +226,7 @@ def associate_masks(
         max_objects_per_pass: objects tracked together (memory bound); more seeds -> more passes.
         window: frames per propagation window (>= 2).
         patience: a pass stops after this many consecutive frames in which none of its objects
-            matched a mask.
+            gave its label to an unlabelled mask.
         budget: cap on propagated frames as a multiple of the frame count (0 = no cap).
         autocast: mixed-precision context (bf16 on CUDA).
         frame_names: capture index of each video position (for the stats and the log).
@@ -254,22 +256,29 @@ def associate_masks(
     name = (lambda pos: int(frame_names[pos])) if frame_names is not None else (lambda pos: pos)
     next_label = 0
 
-    def run(seed_pos: int, mask_ids: np.ndarray, end: int) -> bool:
+    # Objects tracked to a window's last frame whose own mask is missing there (SAM missed it, or
+    # the match failed): their tracked mask seeds them in the next window, so they carry on.
+    carry: dict[int, torch.Tensor] = {}
+
+    def run(seed_pos: int, mask_ids: np.ndarray, end: int, extra: dict[int, torch.Tensor] | None = None) -> bool:
         """Seed ``mask_ids`` of ``seed_pos`` (new labels where unlabelled) in chunks; False once capped."""
         nonlocal next_label
         fresh = mask_ids[labels[seed_pos][mask_ids] < 0]
         labels[seed_pos][fresh] = next_label + np.arange(len(fresh), dtype=np.int32)
         next_label += len(fresh)
-        if not len(mask_ids) or seed_pos >= n - 1:
+        extra = extra or {}
+        if not (len(mask_ids) or extra) or seed_pos >= n - 1:
             return True  # nothing to seed, or nothing after the seed frame to track into
         stats.seed_frames.append(name(seed_pos))
-        objects = np.unique(labels[seed_pos][mask_ids])  # two masks may carry one object: seeded as one
+        own = np.unique(labels[seed_pos][mask_ids])  # two masks may carry one object: seeded as one
+        objects = np.concatenate([own, np.array(sorted(set(extra) - set(own.tolist())), dtype=own.dtype)])
         for chunk_start in range(0, len(objects), max_objects_per_pass):
             if stats.budget and stats.frames_tracked >= stats.budget:
                 return False
             chunk = objects[chunk_start : chunk_start + max_objects_per_pass]
             _track_pass(
-                predictor, state, id_maps, labels, seed_pos, chunk, end, iou_thresh, patience, autocast, device, stats
+                predictor, state, id_maps, labels, seed_pos, chunk, end, iou_thresh, patience, autocast, device,
+                stats, extra, carry,
             )
         return True
 
@@ -279,7 +288,8 @@ def associate_masks(
         end = min(a + window - 1, n - 1)  # last frame of the window = the next window's first
         carried = np.flatnonzero(labels[a] >= 0)
         new = np.flatnonzero(labels[a] < 0) if (reseed or a == 0) else np.zeros(0, np.int64)
-        completed = run(a, np.concatenate([carried, new]).astype(np.int64), end)
+        extra, carry = carry, {}
+        completed = run(a, np.concatenate([carried, new]).astype(np.int64), end, extra)
         # Unlabelled masks of the boundary frame are seeded by the next window's carry pass.
         last = end if end == n - 1 else end - 1
         for pos in range(a + 1, last + 1):
@@ -287,17 +297,19 @@ def associate_masks(
                 break
             if (labels[pos] < 0).any():
                 completed = run(pos, np.flatnonzero(labels[pos] < 0), end)
-        if not completed:
-            left = sum(int((lab < 0).sum()) for lab in labels)
+        left = sum(int((lab < 0).sum()) for lab in labels)
+        if not completed and left:
             frames_left = sum(1 for lab in labels if (lab < 0).any())
             log(
                 f"SAM 2 association stopped at its cap of {stats.budget} propagated frames "
                 f"(priors.association_budget={budget:g} x {n} frames) in window {w_index + 1}/{len(starts)} "
                 f"(frames {name(a)}..{name(end)}): {left} masks in {frames_left} frames stay unlabelled. "
-                "Tracking is poor here (few masks matched from frame to frame); raise priors.association_budget "
-                "or priors.association_iou's tolerance (lower it) to spend more, or check the SAM 2 checkpoint."
+                "Few masks were matched from frame to frame: raise priors.association_budget (0 = no cap) to "
+                "spend more, or check priors.sam2_checkpoint (with a tracker that follows the masks a frame "
+                "costs about one propagated frame)."
             )
             stats.capped = True
+        if not completed:
             break
     stats.masks_labelled = int(sum((lab >= 0).sum() for lab in labels))
     stats.objects = next_label
@@ -317,6 +329,8 @@ def _track_pass(
     autocast: AbstractContextManager,
     device: torch.device,
     stats: AssociationStats,
+    extra: dict[int, torch.Tensor] | None = None,
+    carry: dict[int, torch.Tensor] | None = None,
 ) -> None:
     """One pass: seed the masks of ``seed_objects`` (labels) in frame ``seed_pos``; label free masks up to ``end``."""
     stats.passes += 1
@@ -326,7 +340,8 @@ def _track_pass(
         seed_labels = torch.as_tensor(labels[seed_pos], device=device)
         for obj in seed_objects:
             ids = torch.nonzero(seed_labels == int(obj)).flatten().to(seed_map.dtype)
-            predictor.add_new_mask(state, frame_idx=seed_pos, obj_id=int(obj), mask=torch.isin(seed_map, ids))
+            mask = torch.isin(seed_map, ids) if len(ids) or extra is None else extra[int(obj)].to(device)
+            predictor.add_new_mask(state, frame_idx=seed_pos, obj_id=int(obj), mask=mask)
         missed = 0
         for t, obj_ids, logits in predictor.propagate_in_video(state, start_frame_idx=seed_pos):
             stats.frames_tracked += 1
@@ -338,12 +353,18 @@ def _track_pass(
                 id_map = torch.as_tensor(id_maps[t], device=device)
                 iou = _mask_iou(id_map, k, tracked).cpu().numpy()  # [K, N]
                 best = iou.argmax(1)
-                hit = iou[np.arange(k), best] > iou_thresh
-                take = hit & (labels[t] < 0)
+                take = (iou[np.arange(k), best] > iou_thresh) & (labels[t] < 0)
                 labels[t][take] = np.asarray(obj_ids, dtype=np.int32)[best[take]]
             else:
-                hit = np.zeros(0, bool)
-            missed = 0 if hit.any() else missed + 1
+                take = np.zeros(0, bool)
+            # Only new labels count: objects that overlap masks labelled already (by an earlier pass,
+            # or the same object re-seeded after a tracker miss) add nothing, so their pass ends.
+            missed = 0 if take.any() else missed + 1
+            if t == end and carry is not None:
+                kept = set(labels[t].tolist())
+                for j, obj in enumerate(obj_ids):
+                    if int(obj) not in kept and bool(tracked[j].any()):
+                        carry[int(obj)] = tracked[j].clone()
             if missed >= patience or t >= end:
                 break
 

@@ -686,7 +686,41 @@ def build_random_backend(
     return RealPriorsBackend(sam, sam2_video, clip, p, device)
 
 
+#: Settings of the reduced random-weight checkpoints (tests, the CPU benchmark, trying the real path).
+REDUCED_SETTINGS = {
+    "priors.clip_model": "ViT-S-32",
+    "priors.sam2_image_size": 128,
+    "priors.pred_iou_thresh": 0.0,  # random weights: SAM's quality scores mean nothing
+    "priors.stability_score_thresh": 0.0,
+}
+
+
+def write_random_checkpoints(folder: str | Path, seed: int = 0) -> dict[str, str]:
+    """Write reduced random-weight checkpoints in the official file layouts; returns ``{setting: path}``.
+
+    SAM (reduced, 256 px, plain state dict), SAM 2.1 hiera-t with a one-layer memory attention
+    (``{"model": state dict}`` as Meta's files) and OpenCLIP ViT-S-32 (plain state dict). They load
+    through :func:`build_real_backend` with the settings of :data:`REDUCED_SETTINGS`. For tests and
+    benchmarks of the real code path only: the weights are random.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "priors.sam_checkpoint": folder / "sam_reduced.pth",
+        "priors.sam2_checkpoint": folder / "sam2.1_hiera_t_reduced.pt",
+        "priors.clip_checkpoint": folder / "open_clip_pytorch_model.bin",
+    }
+    torch.save(build_random_sam("reduced", "cpu", seed).state_dict(), paths["priors.sam_checkpoint"])
+    sam2 = build_random_sam2_video(
+        device="cpu", image_size=128, seed=seed, hydra_overrides=["++model.memory_attention.num_layers=1"]
+    )
+    torch.save({"model": sam2.state_dict()}, paths["priors.sam2_checkpoint"])
+    torch.save(load_clip("ViT-S-32", "", "", "cpu", seed=seed).model.state_dict(), paths["priors.clip_checkpoint"])
+    return {k: str(v) for k, v in paths.items()}
+
+
 __all__ = [
+    "REDUCED_SETTINGS",
     "SAM_CHECKPOINTS",
     "CheckpointMismatchError",
     "detect_clip_models",
@@ -705,4 +739,5 @@ __all__ = [
     "load_clip",
     "load_sam",
     "load_sam2_video",
+    "write_random_checkpoints",
 ]
