@@ -42,7 +42,9 @@ from ccl_lgs_ros.priors.association import VideoFrames, associate_masks, frame_o
 from ccl_lgs_ros.priors.models import REDUCED_SETTINGS, build_real_backend, write_random_checkpoints
 
 LEVELS = ("sp", "wp")
-DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nerfstudio_fakeplant"
+# As test/conftest.py: $CCL_LGS_DATASETS, else ../shared/datasets beside the repository.
+DATASET = Path(os.environ.get("CCL_LGS_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+DATASET = DATASET / "nerfstudio_fakeplant"
 
 
 def machine() -> dict:

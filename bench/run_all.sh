@@ -46,6 +46,12 @@ if want rgb; then
 if want priors; then
   mkdir -p $R/priors
   run bench/bench_priors.py --frames 3 --out $R/priors/priors_cpu_reduced.json; fi
+if want association; then
+  # the priors stage on the shared real capture with reduced random-weight checkpoints (the CI test's
+  # settings): per-stage seconds per frame and SAM 2 propagated frames per frame at 12 / 24 / 48 frames,
+  # the association before issue 22 beside it at 12; then label quality on simulator masks vs the old one
+  run bench/bench_association.py --frames 12 24 48 --v1-frames 12 --quality-frames 24 48 \
+      --quality-seeds 101 102 --miss 0 0.2 --out $R/association; fi
 if want pipeline; then
   run bench/bench_pipeline.py --seeds 101 102 103 \
       --variants ccl ccl-decoded baseline pull push gags cgc --out $R/pipeline_ablation.json; fi
