@@ -191,7 +191,7 @@ def label_quality(labels: list[np.ndarray], id_maps: list[np.ndarray], gt: list[
 
 def run_quality(args: argparse.Namespace, work: Path) -> list[dict]:
     from ccl_lgs_ros.priors.simulator import SimulatorBackend
-    from ccl_lgs_ros.synth.generate import generate_scene
+    from ccl_lgs_ros.testing.synth.generate import generate_scene
 
     rows = []
     for seed in args.quality_seeds:
