@@ -65,12 +65,15 @@ class TrainAction:
         # Goals are accepted and refused in execute with a reason (a rejection carries none).
         return GoalResponse.ACCEPT
 
-    def shutdown(self) -> None:
-        """Stop a running trainer (node shutdown)."""
+    def shutdown(self, timeout: float = 15.0) -> None:
+        """Stop a running trainer (node shutdown) and wait until the goal's callback has ended, so
+        the node is not destroyed under it."""
         self._stopping.set()
         trainer = self.trainer
         if trainer is not None and trainer.running:
             trainer.cancel(grace=3.0)
+        if self._busy.acquire(timeout=timeout):
+            self._busy.release()
 
     def _result(self, success: bool, message: str, scene_path: str = "", t0: float | None = None) -> Any:
         res = self.TrainScene.Result()
