@@ -39,10 +39,6 @@ from .train_part import TrainAction
 
 NODE_NAME = "ccl_lgs_mapper"
 
-#: Threads of the node's executor: queries (reentrant group) run next to capture, training and
-#: the control services.
-EXECUTOR_THREADS = 4
-
 
 class MappingNode(Node):
     """See the module docstring."""
@@ -175,10 +171,12 @@ class MappingNode(Node):
         return resp
 
     def shutdown(self) -> None:
-        """Stop the trainer and capture; called once on the way out."""
+        """Stop the trainer and capture and let queries in flight finish; called once on the way
+        out, before the node is destroyed."""
         if self.capture is not None:
             self.capture.enabled = False
         self.trainer.shutdown()
+        self.server.wait_idle(timeout=5.0)
         self.server.stop_viewer()
 
 
@@ -254,8 +252,8 @@ def main(args: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - e.g. ROS_SECURITY_ENABLE with no enclave for this node
             print(f"mapping_node: cannot start ROS 2: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
-        executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
         node = MappingNode()
+        executor = MultiThreadedExecutor(num_threads=SceneServer.executor_threads(node.cfg))
         executor.add_node(node)
         signals.spinning = True
         while not signals.stop.is_set() and rclpy.ok():
