@@ -52,6 +52,11 @@ def test_a_burst_beyond_the_bound_is_answered_busy_never_dropped(ros_procs, tmp_
         time.sleep(0.2)
         fut = cli.call_async(SemanticQuery.Request(query="red mug"))
         assert client.spin_until(fut.done, 30) and fut.result().success
+        # (README, SemanticQuery.srv) a NUL ends a ROS string: the text after it never arrives
+        fut = cli.call_async(SemanticQuery.Request(query="red mug\x00 and the rest"))
+        assert client.spin_until(fut.done, 30)
+        cut = fut.result()
+        assert cut.success and cut.found and cut.instances[0].label == "red mug", cut.message
     finally:
         client.close()
     assert proc.poll() is None
