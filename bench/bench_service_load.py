@@ -2,7 +2,7 @@
 
 Starts the real mapping node (its own process, serve-only) on the demo's scene (the synthetic
 table-top scene ``make demo`` uses: ``ccl-lgs synth --seed 1``, 128x96, 24 frames, trained with
-the tiny preset and the simulator priors; built once into ``--out/scene``, or ``--scene``), then
+the tiny preset and the simulator priors; built once into ``--work/scene``, or ``--scene``), then
 ``--clients`` client processes (20) each make ``--calls`` calls (50) for the scene's labels, in
 two patterns:
 
@@ -18,7 +18,8 @@ ms on 2 cores.
     .venv/bin/python bench/bench_service_load.py --out bench/results/service_load
 
 DDS stays on this machine (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a private ROS_DOMAIN_ID,
-ROS_LOG_DIR inside --out). Writes ``service_load.json`` and ``service_load.png`` to ``--out``.
+ROS_LOG_DIR inside --work). Writes ``service_load.json``, ``service_load.png`` and the node's log
+to ``--out``; the scene and the clients' files stay in ``--work``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -108,11 +110,11 @@ def client_main(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- the benchmark
-def isolate(out: Path) -> dict[str, str]:
+def isolate(work: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("ROS_LOCALHOST_ONLY", None)
     env.setdefault("ROS_DOMAIN_ID", str(random.randint(101, 200)))
-    env.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_LOG_DIR=str(out / "ros_log"), PYTHONUNBUFFERED="1")
+    env.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_LOG_DIR=str(work / "ros_log"), PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(REPO / "src") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -149,8 +151,8 @@ def summarise(records: list[dict]) -> dict:
     return out
 
 
-def run_pattern(pattern: str, args: argparse.Namespace, env: dict[str, str], out: Path, labels: list[str]) -> dict:
-    work = out / f"clients_{pattern}"
+def run_pattern(pattern: str, args: argparse.Namespace, env: dict[str, str], base: Path, labels: list[str]) -> dict:
+    work = base / f"clients_{pattern}"
     work.mkdir(parents=True, exist_ok=True)
     for f in work.iterdir():
         f.unlink()
@@ -237,6 +239,8 @@ def main() -> int:
     p.add_argument("--set", dest="node_params", action="append", default=[], metavar="node.field=VALUE",
                    help="extra node parameter (e.g. node.max_queries_in_flight=8)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "service_load")
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ccl_lgs_service_load",
+                   help="scene (kept for the next run) and the clients' files")
     # client-process mode (internal)
     p.add_argument("--client", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--pattern", choices=PATTERNS, help=argparse.SUPPRESS)
@@ -248,23 +252,24 @@ def main() -> int:
     if args.client is not None:
         return client_main(args)
 
-    out = args.out.resolve()
+    out, work = args.out.resolve(), args.work.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
-    env = isolate(out)
+    env = isolate(work)
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOG_DIR")})
-    scene = args.scene.resolve() if args.scene else demo_scene(out, env)
+    scene = args.scene.resolve() if args.scene else demo_scene(work, env)
     scene_json = json.loads((scene / "scene.json").read_text())
     capture = Path(scene_json["capture"])
     instances = json.loads((capture / "transforms.json").read_text())["ccl_lgs"]["instances"]
     labels = sorted({str(i["label"]) for i in instances if not i.get("background")})
-    node_params: dict = {"serve_only": True, "initial_scene": str(scene), "allowed_roots": [str(out)],
+    node_params: dict = {"serve_only": True, "initial_scene": str(scene), "allowed_roots": [str(work)],
                          "publish_rate": 1.0}
     for item in args.node_params:
         key, _, value = item.partition("=")
         node_params[key.removeprefix("node.")] = yaml.safe_load(value)
     params = {"/**": {"ros__parameters": {"device": "cpu", "node": node_params}}}
-    pfile = out / "params.yaml"
+    pfile = work / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
     sys.path.insert(0, str(REPO / "src"))
     from ccl_lgs_ros.config import Config, load_config
@@ -295,7 +300,7 @@ def main() -> int:
             "targets": {"burst_timed_out": 0, "sequential_answered_p95_ms": 100.0},
         }
         for pattern in args.patterns:
-            r = run_pattern(pattern, args, env, out, labels)
+            r = run_pattern(pattern, args, env, work, labels)
             result["patterns"][pattern] = r
             a = r["answered_ms"] or {"p50": float("nan"), "p95": float("nan")}
             print(f"{pattern}: {r['requests']} requests: answered {r['answered']}, busy {r['busy']}, "

@@ -125,15 +125,23 @@ def _priors_problems(cfg: Config, cap: Capture) -> list[str]:
 
 
 def config_of_train_argv(argv: Sequence[str]) -> Config:
-    """The configuration ``ccl-lgs train`` will build from ``argv`` (as made by
-    :func:`ccl_lgs_ros.supervisor.train_command`: ``python -m ccl_lgs_ros train ...``), through
-    the command line's own parser, so the node checks exactly what its trainer will run."""
-    from .cli import _config_from_args, build_parser
+    """The configuration ``ccl-lgs train`` builds from ``argv`` as made by
+    :func:`ccl_lgs_ros.supervisor.train_command` (``--preset=``, ``--device=``, ``--set=k=v``):
+    preset, then the settings, then the device, as the command line applies them."""
+    from .config import load_config, parse_assignments
 
-    args = list(argv)
-    if "train" in args:
-        args = args[args.index("train"):]
-    return _config_from_args(build_parser().parse_args(args))
+    preset, device, items = None, None, []
+    for arg in argv:
+        if arg.startswith("--preset="):
+            preset = arg.partition("=")[2]
+        elif arg.startswith("--device="):
+            device = arg.partition("=")[2]
+        elif arg.startswith("--set="):
+            items.append(arg.partition("=")[2])
+    overrides: dict[str, str] = parse_assignments(items)
+    if device:
+        overrides["device"] = device
+    return load_config(None, preset=preset, overrides=overrides)
 
 
 __all__ = ["ALL_STAGES", "TrainSettingsError", "check_train_settings", "config_of_train_argv", "device_problem"]

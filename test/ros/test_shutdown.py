@@ -64,7 +64,7 @@ CAPTURE_FRAMES = 4
 
 
 def _capture(root: Path) -> None:
-    from ccl_lgs_ros.synth.generate import generate_scene
+    from ccl_lgs_ros.testing.synth.generate import generate_scene
 
     generate_scene(root / "cap", seed=0, width=48, height=36, num_frames=CAPTURE_FRAMES, num_objects=2)
 

@@ -203,8 +203,6 @@ class TrainAction:
             check_train_settings(config_of_train_argv(argv), self.capture.folder)
         except (ValueError, OSError) as exc:  # TrainSettingsError, ConfigError, CaptureError
             return str(exc)
-        except SystemExit:  # argparse refused the argument list train_command made
-            return "the trainer's arguments are not valid"
         return ""
 
     def _confine_override_paths(self, overrides: Any) -> list[str]:
