@@ -198,3 +198,29 @@ def test_sigint_while_the_initial_scene_loads(ros_procs, tmp_path):
     rc = proc.wait(timeout=60)
     log = _assert_clean(ros_procs, proc, rc, root)
     assert "/semantic_query is up" not in log, log[-2000:]
+
+
+@pytest.mark.slow
+def test_sigint_during_a_load_scene_call(ros_procs, tmp_path, ros_env_vars):
+    """The signal arrives while ~/load_scene loads a large scene: the load finishes, the caller
+    gets its answer, then the node exits cleanly."""
+    from ccl_lgs_interfaces.srv import LoadScene
+
+    root = tmp_path / "root"
+    _capture(root)
+    write_blob_scene(root / "scenes" / "big", num_gaussians=300_000)
+    proc = start_mapper(ros_procs, tmp_path, root)
+    client = RosClient(int(ros_env_vars["ROS_DOMAIN_ID"]))
+    try:
+        fut = client.client(LoadScene, "/ccl_lgs_mapper/load_scene").call_async(
+            LoadScene.Request(path=str(root / "scenes" / "big"))
+        )
+        ros_procs.wait_for_line(proc, "loading scene", timeout=60)  # the node has taken the request
+        assert not fut.done(), "the load finished before the signal: make the scene larger"
+        _double_sigint(proc, 0.02)
+        assert client.spin_until(fut.done, 60), "the caller got no answer:\n" + ros_procs.log(proc)[-3000:]
+        assert fut.result().success, fut.result().message
+    finally:
+        client.close()
+    rc = proc.wait(timeout=60)
+    _assert_clean(ros_procs, proc, rc, root)

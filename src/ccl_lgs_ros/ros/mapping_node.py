@@ -22,6 +22,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 import rclpy
@@ -208,11 +209,10 @@ class _ShutdownSignals:
         self.stop = threading.Event()
         self.received: str = ""
         self.spinning = False
-        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._on_signal)
+            signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -236,6 +236,18 @@ def _try_shutdown() -> None:
         rclpy.try_shutdown()
     except Exception:  # noqa: BLE001 - e.g. RCLError "rcl_shutdown already called": nothing left to do
         pass
+
+
+def _wait_for_callbacks(executor: MultiThreadedExecutor, timeout: float) -> None:
+    """Wait until the callbacks the executor started (with the replies they send) have ended, so the
+    node is not destroyed under them (a ~/load_scene call may take seconds). ``Executor.shutdown``
+    promises this wait but skips it in rclpy 7 (it sets its shutdown flag before testing it); its
+    work tracker is what it would wait on. Without one (another rclpy), a short grace instead."""
+    tracker = getattr(executor, "_work_tracker", None)
+    if tracker is not None and callable(getattr(tracker, "wait", None)):
+        tracker.wait(timeout)
+    else:
+        time.sleep(min(timeout, 0.5))
 
 
 def main(args: list[str] | None = None) -> int:
@@ -270,6 +282,7 @@ def main(args: list[str] | None = None) -> int:
         if node is not None:
             node.shutdown()
         if executor is not None:
+            _wait_for_callbacks(executor, timeout=30.0)
             executor.shutdown(timeout_sec=10.0)
         if node is not None:
             # The context may already be shut down (signal): no rosout, plain stderr.

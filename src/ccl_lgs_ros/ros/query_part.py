@@ -174,6 +174,7 @@ class SceneServer:
 
     def load(self, path: str | Path) -> LoadedScene:
         """Load a scene folder completely, then swap it in. Raises SceneError / OSError / ValueError."""
+        self.node.get_logger().info(f"loading scene {path} (the current scene is served meanwhile)")
         with self._load_lock:  # two loads at once would only waste memory
             # A scene's text-encoder checkpoint may come only from the scene folder, the allowed
             # roots and the configured checkpoint folders (scene_checks.py).
