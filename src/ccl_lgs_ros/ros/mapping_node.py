@@ -225,6 +225,9 @@ class _ShutdownSignals:
                 raise KeyboardInterrupt
 
 
+#: Time a reply sent during shutdown gets on the wire before the node is destroyed.
+REPLY_GRACE_S = 0.5
+
 #: Longest time the spin loop waits before it looks at the stop flag (a signal's Python handler
 #: runs only when the main thread is back in Python, i.e. when a wait returns).
 SPIN_PERIOD_S = 0.1
@@ -245,9 +248,11 @@ def _wait_for_callbacks(executor: MultiThreadedExecutor, timeout: float) -> None
     work tracker is what it would wait on. Without one (another rclpy), a short grace instead."""
     tracker = getattr(executor, "_work_tracker", None)
     if tracker is not None and callable(getattr(tracker, "wait", None)):
+        if tracker.wait(0):
+            return  # nothing in progress
         tracker.wait(timeout)
-    else:
-        time.sleep(min(timeout, 0.5))
+    # A reply just handed to DDS still has to reach its caller before the participant goes away.
+    time.sleep(REPLY_GRACE_S)
 
 
 def main(args: list[str] | None = None) -> int:
