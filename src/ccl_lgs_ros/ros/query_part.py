@@ -4,8 +4,8 @@ The loaded scene is one immutable :class:`~ccl_lgs_ros.scene.LoadedScene` object
 :attr:`SceneServer.scene`; a new scene is built completely (outside any lock) and then swapped in
 with one reference assignment, so a query either sees the old scene or the new one, never a
 half-loaded scene. Queries run in their own reentrant callback group, several at once on the
-node's multi-threaded executor, next to capture; the engine itself is guarded by a lock because
-its embedding cache is shared.
+node's multi-threaded executor, next to capture (the engine is thread-safe: immutable index,
+locked caches).
 
 Under load nothing is dropped silently: the request queue is ``node.query_queue_depth`` deep
 (DDS drops requests beyond it unanswered), and while ``node.max_queries_in_flight`` queries are
