@@ -29,6 +29,12 @@ if want distributed; then
   # 1 vs 2 gloo ranks (torchrun, 1 thread each) per stage; rendezvous inside a private network namespace
   echo "== (unshare -n) bench/bench_distributed.py"
   unshare -n sh -c "ip link set lo up && exec $PY bench/bench_distributed.py --out $R/distributed/distributed.json"; fi
+if want serviceload; then
+  # issue 17: 20 client processes x 50 calls against the demo's scene, one after another and all
+  # at once (answered / busy / failed / timed out, p50 / p95); in a private network namespace
+  echo "== (unshare -n) bench/bench_service_load.py"
+  unshare -n sh -c "ip link set lo up && exec $PY bench/bench_service_load.py --clients 20 --calls 50 \
+      --out $R/service_load"; fi
 if want capture; then
   run bench/bench_capture.py --seconds 4 --rate 30 --formats jpg png --out $R/capture; fi
 if want render; then

@@ -5,6 +5,9 @@
     ros2 launch ccl_lgs mapping.launch.py serve_only:=true initial_scene:=~/.ros/ccl_lgs/scenes/lab
     ros2 launch ccl_lgs mapping.launch.py viewer:=true     # browser viewer at http://127.0.0.1:8080
 
+``rviz:=true`` on a machine without the ``rviz2`` package (a headless robot) logs a warning and
+starts the mapping node alone, as an ordinary launch child.
+
 Every node setting lives in the params file (default: the package's config/ccl_lgs.yaml, all
 parameters with their defaults). The arguments below override single parameters; an argument
 left empty keeps the params file's value.
@@ -14,10 +17,10 @@ from __future__ import annotations
 
 import os
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.conditions import IfCondition
+from launch.logging import get_logger
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -43,6 +46,9 @@ OVERRIDES = {
 }
 
 
+TRUE = ("1", "true", "yes", "on")
+
+
 def _node(context, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - OpaqueFunction signature
     overrides = {}
     for arg, (param, _) in OVERRIDES.items():
@@ -50,12 +56,12 @@ def _node(context, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - OpaqueFun
         if not value:
             continue
         if param in ("node.serve_only", "viewer.serve"):
-            overrides[param] = value.lower() in ("1", "true", "yes", "on")
+            overrides[param] = value.lower() in TRUE
         elif param == "viewer.port":
             overrides[param] = int(value)
         else:
             overrides[param] = value
-    use_sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() in ("1", "true", "yes", "on")
+    use_sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() in TRUE
     profile = os.path.expanduser(LaunchConfiguration("fastdds_profile").perform(context).strip())
     # Fast DDS 2.x (Humble, Jazzy) and 3.x (Kilted) read different variable names; other RMWs ignore both.
     dds_env = {"FASTRTPS_DEFAULT_PROFILES_FILE": profile, "FASTDDS_DEFAULT_PROFILES_FILE": profile} if profile else {}
@@ -93,19 +99,41 @@ def generate_launch_description() -> LaunchDescription:
             description="Fast DDS profile of the node (default: 16 MB shared-memory segments, so multi-MB query "
             "answers reach clients on the same machine in a few ms; UDP kept for other machines). Empty = none.",
         ),
-        DeclareLaunchArgument("rviz", default_value="false", description="Also start RViz with config/ccl_lgs.rviz."),
+        DeclareLaunchArgument(
+            "rviz",
+            default_value="false",
+            description="Also start RViz with config/ccl_lgs.rviz (without rviz2 installed: a warning, no RViz).",
+        ),
         DeclareLaunchArgument(
             "rviz_config",
             default_value=os.path.join(share, "config", "ccl_lgs.rviz"),
             description="RViz configuration file.",
         ),
     ]
-    rviz = Node(
-        package="rviz2",
-        executable="rviz2",
-        name="rviz2",
-        arguments=["-d", LaunchConfiguration("rviz_config")],
-        condition=IfCondition(LaunchConfiguration("rviz")),
-        output="screen",
-    )
-    return LaunchDescription([*args, OpaqueFunction(function=_node), rviz])
+    return LaunchDescription([*args, OpaqueFunction(function=_node), OpaqueFunction(function=_rviz)])
+
+
+def _rviz(context, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - OpaqueFunction signature
+    """RViz when asked for and installed. A plain ``Node(package="rviz2")`` fails the whole launch
+    on a machine without rviz2 after the mapping node has started (which then ran on as an
+    orphan); looking the package up here turns that into a warning."""
+    if LaunchConfiguration("rviz").perform(context).strip().lower() not in TRUE:
+        return []
+    try:
+        get_package_share_directory("rviz2")
+    except PackageNotFoundError:
+        get_logger("ccl_lgs").warning(
+            "rviz:=true, but the rviz2 package is not installed on this machine (headless?): starting the "
+            "mapping node without RViz. Install ros-$ROS_DISTRO-rviz2, run RViz on another machine on the "
+            "same ROS network, or draw the topics offscreen: ros2 run ccl_lgs rviz_preview snapshot.png"
+        )
+        return []
+    return [
+        Node(
+            package="rviz2",
+            executable="rviz2",
+            name="rviz2",
+            arguments=["-d", LaunchConfiguration("rviz_config").perform(context)],
+            output="screen",
+        )
+    ]

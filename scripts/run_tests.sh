@@ -6,7 +6,7 @@
 # Extra arguments go to pytest (e.g. -m "not slow", -k query).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 VENV=${CCL_LGS_VENV:-$ROOT/.venv}
 PY="$VENV/bin/python"
 export AMENT_PREFIX_PATH="$VENV"

@@ -9,15 +9,19 @@
 # FastDDS, message packages, rosidl/ament tooling, colcon); builds ccl_lgs_interfaces with
 # colcon and installs ccl_lgs, so `import ccl_lgs_ros, ccl_lgs_interfaces` work in .venv.
 #
-# With a system ROS 2 (Humble, Jazzy, Kilted) sourced (ROS_DISTRO set and rclpy importable),
-# the venv sees the system packages (--system-site-packages), no ROS wheels are installed and
-# the interfaces are built against the system ROS into build/ros/install.
+# With a system ROS 2 (Humble, Jazzy, Kilted) sourced (ROS_DISTRO set and rclpy importable) it
+# takes the path the README gives for a ROS workspace (PEP 668 systems: Ubuntu 24.04, Debian 12
+# refuse pip into the system Python): the venv sees the system packages
+# (--system-site-packages), carries COLCON_IGNORE, no ROS wheels are installed, and colcon runs
+# from the venv (`python -m colcon build`, so the installed executables run the venv's Python)
+# to build both packages against the system ROS into build/ros/install.
 #
 # As root (or with password-less sudo) on a machine with apt-get it also installs Debian's
 # `chromium` and `chromium-driver` for the viewer's browser test (apt-get update first; about
 # 30 s); elsewhere it says so and that test skips with the reason. CCL_LGS_NO_APT=1 skips it.
 #
 # Idempotent: a second run with nothing changed only checks a stamp and imports (< 15 s).
+# CCL_LGS_SETUP_DRY_RUN=1 prints the commands instead of running them (tests).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,6 +30,9 @@ VENV=${CCL_LGS_VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3}
 STAMP="$VENV/.ccl_lgs_setup"
 log() { printf '[setup] %s\n' "$*" >&2; }
+DRY=${CCL_LGS_SETUP_DRY_RUN:-}
+# run CMD...: run it, or print it in a dry run.
+run() { if [ -n "$DRY" ]; then printf '+ %s\n' "$*"; else "$@"; fi; }
 
 if [ -n "${ROS_DISTRO:-}" ] && "$PYTHON" -c 'import rclpy' >/dev/null 2>&1; then
   MODE="system-$ROS_DISTRO"
@@ -51,7 +58,7 @@ from ccl_lgs_interfaces.action import TrainScene
 PY
 }
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && check_imports; then
+if [ -z "$DRY" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && check_imports; then
   log "up to date ($MODE, $VENV)"
   exit 0
 fi
@@ -60,22 +67,25 @@ log "mode: $MODE"
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   if [ "$MODE" = wheels ]; then
-    "$PYTHON" -m venv "$VENV"
+    run "$PYTHON" -m venv "$VENV"
   else
-    "$PYTHON" -m venv --system-site-packages "$VENV"
+    # Sees /opt/ros/$ROS_DISTRO's Python packages (rclpy, messages, colcon) through the system site.
+    run "$PYTHON" -m venv --system-site-packages "$VENV"
   fi
 fi
+run touch "$VENV/COLCON_IGNORE"  # a colcon workspace crawl must never enter the venv
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 export PIP_CONSTRAINT="$ROOT/scripts/constraints.txt"
 
-"${PIP[@]}" install -q --upgrade pip 'setuptools<80' wheel
+run "${PIP[@]}" install -q --upgrade pip 'setuptools<80' wheel
 log "installing torch + torchvision (standard build from the package index)"
-"${PIP[@]}" install -q torch torchvision
+run "${PIP[@]}" install -q torch torchvision
 log "installing the ML and IO stack"
-"${PIP[@]}" install -q -r scripts/requirements.txt
-if ! "$VENV/bin/python" -c 'import sam2' >/dev/null 2>&1; then
+run "${PIP[@]}" install -q -r scripts/requirements.txt
+if [ -n "$DRY" ] || ! "$VENV/bin/python" -c 'import sam2' >/dev/null 2>&1; then
   log "installing sam2 (CUDA extension: ${CCL_LGS_SAM2_CUDA:-0})"
-  SAM2_BUILD_CUDA=${CCL_LGS_SAM2_CUDA:-0} "${PIP[@]}" install -q --no-build-isolation sam2
+  # Without build isolation: with it pip builds sam2 against a second (CUDA) torch.
+  run env SAM2_BUILD_CUDA="${CCL_LGS_SAM2_CUDA:-0}" "${PIP[@]}" install -q --no-build-isolation sam2
 fi
 
 install_chromium() {
@@ -106,43 +116,51 @@ install_chromium() {
     log "apt-get could not install chromium; the viewer's browser test will skip"
   fi
 }
-install_chromium
+run install_chromium  # a dry run only prints it
 
+BUILD_DIR="$ROOT/build/ros"
+run mkdir -p "$BUILD_DIR"
+# colcon from the venv's Python: packages it builds get the venv's interpreter.
+COLCON=("$VENV/bin/python" -m colcon --log-base "$BUILD_DIR/log" build --build-base "$BUILD_DIR/build")
+colcon_build() {
+  if [ -n "$DRY" ]; then
+    run "$@"
+    return
+  fi
+  (cd "$BUILD_DIR" && "$@" >"$BUILD_DIR/colcon.log" 2>&1) \
+    || { tail -n 60 "$BUILD_DIR/colcon.log" >&2; log "colcon build failed (full log: $BUILD_DIR/colcon.log)"; exit 1; }
+}
 if [ "$MODE" = wheels ]; then
   log "installing ROS 2 Jazzy wheels"
-  "${PIP[@]}" install -q -r scripts/requirements-ros.txt
+  run "${PIP[@]}" install -q -r scripts/requirements-ros.txt
   # The message wheels' exported CMake files hard-code the wheel build machine's include dirs.
-  "$VENV/bin/python" scripts/patch_ros_cmake.py "$VENV"
+  run "$VENV/bin/python" scripts/patch_ros_cmake.py "$VENV"
   PREFIX="$VENV"
   export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
-else
-  PREFIX="$ROOT/build/ros/install"
-fi
-
-log "building ccl_lgs_interfaces with colcon"
-BUILD_DIR="$ROOT/build/ros"
-mkdir -p "$BUILD_DIR"
-COLCON=("$VENV/bin/colcon")
-[ -x "${COLCON[0]}" ] || COLCON=(colcon)
-if [ "$MODE" = wheels ]; then
+  log "building ccl_lgs_interfaces with colcon"
   # Installed into the venv prefix itself, like the ROS wheels, so that the wheels' start-up
   # hook (library path) and AMENT_PREFIX_PATH=$VENV cover it without sourcing anything.
-  (cd "$BUILD_DIR" && PATH="$VENV/bin:$PATH" "${COLCON[@]}" --log-base "$BUILD_DIR/log" build \
-      --base-paths "$ROOT/ccl_lgs_interfaces" --build-base "$BUILD_DIR/build" \
-      --install-base "$VENV" --merge-install \
-      --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF >"$BUILD_DIR/colcon.log" 2>&1) \
-    || { tail -n 60 "$BUILD_DIR/colcon.log" >&2; log "colcon build failed (full log: $BUILD_DIR/colcon.log)"; exit 1; }
+  PATH="$VENV/bin:$PATH" colcon_build "${COLCON[@]}" \
+      --base-paths "$ROOT/ccl_lgs_interfaces" --install-base "$VENV" --merge-install \
+      --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF
 else
-  (cd "$BUILD_DIR" && "${COLCON[@]}" --log-base "$BUILD_DIR/log" build \
-      --base-paths "$ROOT/ccl_lgs_interfaces" --build-base "$BUILD_DIR/build" \
-      --install-base "$PREFIX" --merge-install \
-      --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF >"$BUILD_DIR/colcon.log" 2>&1) \
-    || { tail -n 60 "$BUILD_DIR/colcon.log" >&2; log "colcon build failed (full log: $BUILD_DIR/colcon.log)"; exit 1; }
-  log "system ROS: source $PREFIX/setup.bash before using ccl_lgs"
+  PREFIX="$ROOT/build/ros/install"
+  log "building ccl_lgs and ccl_lgs_interfaces with colcon against ROS 2 $ROS_DISTRO"
+  # Both packages, as in a workspace (README): colcon stops at the package at the repository
+  # root, so the interfaces folder is a base path of its own. --symlink-install keeps the
+  # installed ccl_lgs pointing at these sources (the editable install below is the same code).
+  colcon_build "${COLCON[@]}" \
+      --base-paths "$ROOT" "$ROOT/ccl_lgs_interfaces" --install-base "$PREFIX" --merge-install --symlink-install \
+      --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF
+  log "system ROS: source $PREFIX/setup.bash before using ccl_lgs (ros2 run / ros2 launch ccl_lgs ...)"
 fi
 
 log "installing ccl_lgs (editable)"
-"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+run "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+if [ -n "$DRY" ]; then
+  log "dry run ($MODE): nothing was changed"
+  exit 0
+fi
 
 if [ "$MODE" != wheels ]; then
   # shellcheck disable=SC1091

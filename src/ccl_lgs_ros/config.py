@@ -409,6 +409,20 @@ class NodeConfig:
         "Folders a scene's text encoder checkpoint may come from, besides the scene folder and allowed_roots "
         "(a scene.json naming a file elsewhere is refused).",
     )
+    query_queue_depth: int = _f(
+        1000,
+        "History depth of the /semantic_query request queue (DDS, read at start): requests beyond it "
+        "would be dropped by DDS unanswered, so keep it above the largest burst of concurrent calls.",
+        min=1,
+        max=100_000,
+    )
+    max_queries_in_flight: int = _f(
+        32,
+        "Queries the node works on at once (read at start); a request arriving while this many are "
+        "in flight is answered at once with success false and a 'busy' message (retry later).",
+        min=1,
+        max=256,
+    )
 
 
 @dataclass

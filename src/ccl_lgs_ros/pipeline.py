@@ -22,6 +22,7 @@ from .scene.layout import SCENE_FORMAT_VERSION, SceneDir
 from .semantics import train_field
 from .semantics.methods import field_method
 from .splat.trainer import train_rgb
+from .train_checks import check_train_settings
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def train(capture_path: str | Path, scene_dir: str | Path, cfg: Config, stages: 
         ok = done.get(stage, {}).get("digest") == _stage_digest(cfg, stage, cap_digest) and all(more)
         return bool(ctx.agree(ok, f"whether the {stage} stage is done"))
 
+    check_train_settings(cfg, capture, [s for s in STAGES[: last + 1] if not finished(s)])  # before any work
     t_all = time.monotonic()
     # -- 1. RGB Gaussians ------------------------------------------------------------------
     if not finished("rgb"):

@@ -293,7 +293,13 @@ def test_relative_goal_override_path_reaches_the_trainer_absolute_inside_the_roo
         node.client.executor.spin_until_future_complete(rfut, timeout_sec=30)
         res = rfut.result()
         assert res.status == GoalStatus.STATUS_ABORTED and "does not exist" in res.result.message, res.result.message
-        handle = send(["priors.sim_ground_truth=gt_rel"])
+        # Checkpoint files (empty) so the goal passes the settings checks (train_checks.py) and a
+        # trainer is started; it is cancelled below.
+        ckpts = []
+        for key in ("sam_checkpoint", "sam2_checkpoint", "clip_checkpoint"):
+            (node.root / f"{key}.pt").touch()
+            ckpts.append(f"priors.{key}={node.root / f'{key}.pt'}")
+        handle = send(["priors.sim_ground_truth=gt_rel", *ckpts])
         expected = f"--set=priors.sim_ground_truth={(node.root / 'gt_rel').resolve()}"
         node.procs.wait_for_line(node.proc, expected, timeout=30)
         cfut = handle.cancel_goal_async()

@@ -161,3 +161,102 @@ def test_launch_runs_where_launch_ros_is_importable(tmp_path):
     timer = threading.Timer(10.0, ls.shutdown)
     timer.start()
     assert ls.run() == 0
+
+
+# ------------------------------------------------------------------------------ rviz:=true without rviz2
+#
+# `launch` / `launch_ros` are not installable here, so the launch file runs against minimal
+# stand-ins of the few classes it uses (recording what it builds); the package lookups go through
+# the real ament_index_python against a prefix made for the test.
+
+
+class _Recorded:
+    def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003 - records any call
+        self.args, self.kwargs = args, kwargs
+
+
+class _LaunchConfiguration:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def perform(self, context: dict) -> str:
+        return context[self.name]
+
+
+class _Logger:
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def warning(self, msg: str) -> None:
+        self.warnings.append(msg)
+
+
+def _load_launch_with_stand_ins(monkeypatch: pytest.MonkeyPatch, logger: _Logger):  # noqa: ANN202
+    import importlib.util
+    import types
+
+    mods = {
+        "launch": types.ModuleType("launch"),
+        "launch.actions": types.ModuleType("launch.actions"),
+        "launch.logging": types.ModuleType("launch.logging"),
+        "launch.substitutions": types.ModuleType("launch.substitutions"),
+        "launch_ros": types.ModuleType("launch_ros"),
+        "launch_ros.actions": types.ModuleType("launch_ros.actions"),
+    }
+    mods["launch"].LaunchDescription = _Recorded
+    mods["launch.actions"].DeclareLaunchArgument = _Recorded
+    mods["launch.actions"].OpaqueFunction = _Recorded
+    mods["launch.logging"].get_logger = lambda name: logger
+    mods["launch.substitutions"].LaunchConfiguration = _LaunchConfiguration
+    mods["launch_ros.actions"].Node = _Recorded
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    spec = importlib.util.spec_from_file_location("mapping_launch_stand_in", LAUNCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _prefix(tmp_path: Path, packages: list[str]) -> str:
+    """An ament prefix that registers ``packages`` (resource index marker + share folder)."""
+    prefix = tmp_path / "prefix"
+    index = prefix / "share" / "ament_index" / "resource_index" / "packages"
+    index.mkdir(parents=True, exist_ok=True)
+    for pkg in packages:
+        (index / pkg).write_text("")
+        (prefix / "share" / pkg).mkdir(parents=True, exist_ok=True)
+    return str(prefix)
+
+
+def _context(rviz: str) -> dict[str, str]:
+    ctx = {name: "" for name in ("params_file", "fastdds_profile", "rviz_config")}
+    ctx.update({name: "" for name in _launch_arguments()[1]})
+    ctx.update(params_file="/p.yaml", use_sim_time="false", rviz=rviz, rviz_config="/c.rviz")
+    return ctx
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_rviz_true_without_rviz2_warns_and_keeps_the_node(monkeypatch, tmp_path, installed):
+    logger = _Logger()
+    monkeypatch.setenv("AMENT_PREFIX_PATH", _prefix(tmp_path, ["ccl_lgs", *(["rviz2"] if installed else [])]))
+    mod = _load_launch_with_stand_ins(monkeypatch, logger)
+    (entities,) = mod.generate_launch_description().args
+    functions = [e.kwargs["function"] for e in entities if "function" in e.kwargs]
+    assert len(functions) == 2, "expected one OpaqueFunction for the node and one for RViz"
+    # No action in the description looks rviz2 up at launch time (that failed the whole launch).
+    assert not [e for e in entities if e.kwargs.get("package") == "rviz2"]
+
+    def started(rviz: str) -> list[_Recorded]:
+        return [n for fn in functions for n in fn(_context(rviz))]
+
+    nodes = started("true")
+    packages = [n.kwargs["package"] for n in nodes]
+    if installed:
+        assert packages == ["ccl_lgs", "rviz2"] and not logger.warnings
+        assert nodes[1].kwargs["arguments"] == ["-d", "/c.rviz"]
+    else:
+        assert packages == ["ccl_lgs"], packages  # the mapping node alone, as a normal launch child
+        (warning,) = logger.warnings
+        assert "rviz2 package is not installed" in warning and "without RViz" in warning
+    logger.warnings.clear()
+    assert [n.kwargs["package"] for n in started("false")] == ["ccl_lgs"] and not logger.warnings

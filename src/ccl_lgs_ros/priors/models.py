@@ -26,6 +26,17 @@ import numpy as np
 import torch
 
 from .association import AssociationStats, VideoFrames, associate_masks, frame_order
+from .checkpoints import (
+    _CLIP_SOURCE,
+    _SAM2_SOURCE,
+    _SAM_ANY,
+    _SAM_SOURCE,
+    SAM_CHECKPOINTS,
+    MissingCheckpointError,
+    _clip_hub_name,
+    _require_checkpoint,
+    _sam2_expected_file,
+)
 from .clip_features import OpenClip
 from .gags_prompts import granularity_points, min_depth_over_views
 from .sam_masks import MaskSettings, generate_level_masks
@@ -38,39 +49,8 @@ if TYPE_CHECKING:
 _LOG = logging.getLogger(__name__)
 _DEFAULT_SAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
 
-#: Official SAM checkpoint file per architecture.
-SAM_CHECKPOINTS = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
-_SAM_SOURCE = (
-    "the 'Model Checkpoints' section of Meta's official Segment Anything repository "
-    "(facebookresearch/segment-anything on GitHub)"
-)
-_SAM2_SOURCE = (
-    "the 'Download Checkpoints' section of Meta's official SAM 2 repository (facebookresearch/sam2 on "
-    "GitHub, script checkpoints/download_ckpts.sh) or its Hugging Face model page (facebook/sam2.1-hiera-*)"
-)
-_CLIP_SOURCE = (
-    "the OpenCLIP pretrained weights published on the Hugging Face hub ({hub}); "
-    "or set priors.allow_download=true on a machine with a network connection"
-)
-
-
-class MissingCheckpointError(FileNotFoundError):
-    """A model checkpoint named by the configuration is not set or does not exist."""
-
-
-def _require_checkpoint(path: str, parameter: str, expected: str, source: str) -> Path:
-    if path:
-        p = Path(path).expanduser()
-        if p.is_file():
-            return p
-        problem = f"{parameter}={path!r} does not exist"
-    else:
-        problem = f"{parameter} is not set"
-    raise MissingCheckpointError(
-        f"{problem}. Expected the checkpoint file {expected}; it is published in {source}. "
-        f"Download it and pass {parameter}=/path/to/{expected} (config file, --set, or ROS parameter). "
-        "The simulator (priors.backend=simulator) is a stand-in for tests and the demo only."
-    )
+# The checkpoint requirements (file names, where they are published, the error) live in
+# .checkpoints, which imports no torch: the train checks run them before any stage starts.
 
 
 class CheckpointMismatchError(ValueError):
@@ -252,7 +232,7 @@ def load_sam(model_type: str, checkpoint: str, device: str) -> torch.nn.Module:
     types = [*SAM_CHECKPOINTS, "reduced"]
     if model_type not in types and model_type != "auto":
         raise ValueError(f"priors.sam_model_type must be 'auto' or one of {types}, got {model_type!r}")
-    expected = SAM_CHECKPOINTS.get(model_type, "sam_vit_h_4b8939.pth (or sam_vit_l / sam_vit_b)")
+    expected = SAM_CHECKPOINTS.get(model_type, _SAM_ANY)
     path = _require_checkpoint(checkpoint, "priors.sam_checkpoint", expected, _SAM_SOURCE)
     # Read here (weights only) rather than by segment_anything, so the file is never unpickled.
     sd = read_state_dict(path, "priors.sam_checkpoint")
@@ -285,17 +265,6 @@ def _sam2_video_overrides(image_size: int | None, extra: Sequence[str] = ()) -> 
     if image_size:
         overrides.append(f"++model.image_size={int(image_size)}")
     return overrides + list(extra)
-
-
-def _sam2_expected_file(config: str) -> str:
-    from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
-
-    for cfg_name, ckpt in HF_MODEL_ID_TO_FILENAMES.values():
-        if Path(cfg_name).name == Path(config).name:
-            return ckpt
-    if config == "auto":
-        return "sam2.1_hiera_large.pt (or another SAM 2 / 2.1 size)"
-    return "the checkpoint matching " + Path(config).name
 
 
 def resolve_sam2_config(config: str, path: Path) -> tuple[str, list[str]]:
@@ -358,14 +327,6 @@ def build_random_sam2_video(
 
 
 # --------------------------------------------------------------------------- OpenCLIP
-def _clip_hub_name(model: str, pretrained: str) -> str:
-    import open_clip
-
-    cfg = open_clip.get_pretrained_cfg(model, pretrained) if pretrained else {}
-    hub = (cfg or {}).get("hf_hub", "")
-    return f"hf-hub:{hub.rstrip('/')}, file open_clip_pytorch_model.bin" if hub else f"{model} / {pretrained}"
-
-
 def _clip_shape_key(width: int, layers: int, patch: int, embed: int) -> tuple[int, int, int, int]:
     return width, layers, patch, embed
 

@@ -313,6 +313,18 @@ class SimulatorBackend:
             self._reference = (key, gt, mapping)
         return self._reference[1], self._reference[2]
 
+    def check_inputs(self, capture: Capture) -> None:
+        """Raise (ValueError, the messages of the stage itself) unless every frame of ``capture``
+        has ground truth: labels, a matching reference frame, an instance map file. Reads poses
+        and the capture's JSON only, so the train checks can run it before any stage."""
+        gt, mapping = self._ground_truth(capture)
+        self._gt_labels(gt)
+        for j in mapping:
+            if not gt.frames[j].instance_file_path:
+                raise ValueError(
+                    f"{gt.root}: frame {j} has no instance map; the priors simulator needs instances/ ground truth"
+                )
+
     def _labels(self, capture: Capture) -> tuple[dict[int, str], set[int]]:
         return self._gt_labels(self._ground_truth(capture)[0])
 

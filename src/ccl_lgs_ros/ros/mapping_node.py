@@ -9,8 +9,9 @@ Parts (one process by default, each in its own module):
 
 Services: ``/semantic_query`` (absolute, remappable), ``~/load_scene``, ``~/set_capture``,
 ``~/get_status``; topic ``~/status`` (MapperStatus at ``node.publish_rate``). Spun by a
-multi-threaded executor; SIGINT/SIGTERM shut it down cleanly (a running trainer is stopped;
-every capture write is atomic, so the folder is always consistent).
+multi-threaded executor; SIGINT/SIGTERM shut it down cleanly, also when a terminal Ctrl-C under
+``ros2 launch`` delivers SIGINT twice (a running trainer is stopped; every capture write is
+atomic, so the folder is always consistent; exit code 0).
 
 Run: ``ros2 run ccl_lgs mapping_node --ros-args --params-file config/ccl_lgs.yaml`` (or
 ``python -m ccl_lgs_ros.ros.mapping_node``).
@@ -18,13 +19,17 @@ Run: ``ros2 run ccl_lgs mapping_node --ros-args --params-file config/ccl_lgs.yam
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+import time
 from typing import Any
 
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 from ..paths import PathRefused, resolve_inside
 from .capture_part import CaptureFrontend, ThrottledLog
@@ -167,10 +172,12 @@ class MappingNode(Node):
         return resp
 
     def shutdown(self) -> None:
-        """Stop the trainer and capture; called once on the way out."""
+        """Stop the trainer and capture and let queries in flight finish; called once on the way
+        out, before the node is destroyed."""
         if self.capture is not None:
             self.capture.enabled = False
         self.trainer.shutdown()
+        self.server.wait_idle(timeout=5.0)
         self.server.stop_viewer()
 
 
@@ -186,39 +193,117 @@ def _tf_buffer_for(node: Node) -> Any:
     return buf
 
 
+class _ShutdownSignals:
+    """SIGINT / SIGTERM handling of the node process (rclpy's own handlers are switched off).
+
+    The first signal asks for shutdown and makes the process ignore every further SIGINT and
+    SIGTERM: a terminal Ctrl-C under ``ros2 launch`` reaches the node twice (the process group's
+    SIGINT and the one launch forwards, a few ms apart), and a second KeyboardInterrupt in the
+    middle of the shutdown sequence is what left tracebacks and a non-zero exit code. Before the
+    node is spinning (start-up: an initial scene may take long to load) the first signal also
+    abandons the start-up with a KeyboardInterrupt; afterwards it only sets :attr:`stop`, which
+    the spin loop checks at least every :data:`SPIN_PERIOD_S`.
+    """
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.received: str = ""
+        self.spinning = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # shutting down: later signals change nothing
+        first = not self.stop.is_set()
+        self.stop.set()
+        if first:
+            self.received = signal.Signals(signum).name
+            if not self.spinning:
+                raise KeyboardInterrupt
+
+
+#: Time a reply sent during shutdown gets on the wire before the node is destroyed.
+REPLY_GRACE_S = 0.5
+
+#: Longest time the spin loop waits before it looks at the stop flag (a signal's Python handler
+#: runs only when the main thread is back in Python, i.e. when a wait returns).
+SPIN_PERIOD_S = 0.1
+
+
+def _try_shutdown() -> None:
+    """``rclpy.try_shutdown()`` (Humble and later); never raises on an already shut-down context."""
+    try:
+        rclpy.try_shutdown()
+    except Exception:  # noqa: BLE001 - e.g. RCLError "rcl_shutdown already called": nothing left to do
+        pass
+
+
+def _wait_for_callbacks(executor: MultiThreadedExecutor, timeout: float) -> None:
+    """Wait until the callbacks the executor started (with the replies they send) have ended, so the
+    node is not destroyed under them (a ~/load_scene call may take seconds). ``Executor.shutdown``
+    promises this wait but skips it in rclpy 7 (it sets its shutdown flag before testing it); its
+    work tracker is what it would wait on. Without one (another rclpy), a short grace instead."""
+    tracker = getattr(executor, "_work_tracker", None)
+    if tracker is not None and callable(getattr(tracker, "wait", None)):
+        if tracker.wait(0):
+            return  # nothing in progress
+        tracker.wait(timeout)
+    # A reply just handed to DDS still has to reach its caller before the participant goes away.
+    time.sleep(REPLY_GRACE_S)
+
+
 def main(args: list[str] | None = None) -> int:
-    try:  # SIGINT and SIGTERM shut the context down
-        rclpy.init(args=args if args is not None else sys.argv)
-    except Exception as exc:  # noqa: BLE001 - e.g. ROS_SECURITY_ENABLE with no enclave for this node
-        print(f"mapping_node: cannot start ROS 2: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    signals = _ShutdownSignals()
     node = None
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = None
     code = 0
     try:
+        signals.install()  # before rclpy.init, so no signal can fall between the two
+        try:
+            # rclpy's handlers would shut the context down from the signal and chain to Python's
+            # KeyboardInterrupt; the node's own handlers (above) make shutdown one ordered sequence.
+            rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+        except Exception as exc:  # noqa: BLE001 - e.g. ROS_SECURITY_ENABLE with no enclave for this node
+            print(f"mapping_node: cannot start ROS 2: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
         node = MappingNode()
+        executor = MultiThreadedExecutor(num_threads=SceneServer.executor_threads(node.cfg))
         executor.add_node(node)
-        executor.spin()
+        signals.spinning = True
+        while not signals.stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # noqa: BLE001 - report start-up failures plainly
         print(f"mapping_node: {type(exc).__name__}: {exc}", file=sys.stderr)
         code = 1
     finally:
+        # Signals are ignored from here on (see _ShutdownSignals), so this runs to its end.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         if node is not None:
             node.shutdown()
+        if executor is not None:
+            _wait_for_callbacks(executor, timeout=30.0)
+            executor.shutdown(timeout_sec=10.0)
+        if node is not None:
             # The context may already be shut down (signal): no rosout, plain stderr.
             print(
-                f"mapping_node: shut down cleanly ({node.capture.num_keyframes if node.capture else 0} "
-                "keyframes in the capture)",
+                f"mapping_node: shut down cleanly{f' ({signals.received})' if signals.received else ''} "
+                f"({node.capture.num_keyframes if node.capture else 0} keyframes in the capture)",
                 file=sys.stderr,
                 flush=True,
             )
-        executor.shutdown(timeout_sec=10.0)
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+            try:
+                node.destroy_node()
+            except Exception as exc:  # noqa: BLE001 - a half-built node (start-up interrupted)
+                print(f"mapping_node: destroy_node: {type(exc).__name__}: {exc}", file=sys.stderr)
+        elif signals.received:
+            print(f"mapping_node: start-up interrupted ({signals.received}); shut down cleanly", file=sys.stderr)
+        _try_shutdown()
     return code
 
 

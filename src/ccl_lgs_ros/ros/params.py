@@ -42,6 +42,8 @@ READ_ONLY = {
     "viewer.serve",
     "viewer.host",
     "viewer.port",
+    "node.query_queue_depth",
+    "node.max_queries_in_flight",
 }
 
 _INT_MAX = 2**63 - 1

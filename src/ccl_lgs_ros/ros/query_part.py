@@ -3,8 +3,15 @@
 The loaded scene is one immutable :class:`~ccl_lgs_ros.scene.LoadedScene` object held in
 :attr:`SceneServer.scene`; a new scene is built completely (outside any lock) and then swapped in
 with one reference assignment, so a query either sees the old scene or the new one, never a
-half-loaded scene. Queries run in their own callback group (a multi-threaded executor runs them
-next to capture); the engine itself is guarded by a lock because its embedding cache is shared.
+half-loaded scene. Queries run in their own reentrant callback group, several at once on the
+node's multi-threaded executor, next to capture (the engine is thread-safe: immutable index,
+locked caches).
+
+Under load nothing is dropped silently: the request queue is ``node.query_queue_depth`` deep
+(DDS drops requests beyond it unanswered), and while ``node.max_queries_in_flight`` queries are
+being worked on a new request is answered at once with ``success: false`` and a "busy" message.
+The executor has more threads than that bound (:meth:`SceneServer.executor_threads`), so some
+thread is always free to take a request and refuse it.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
@@ -29,8 +36,12 @@ from . import conversions as conv
 #: 10,000-character request is refused before any work is done.
 HARD_MAX_QUERY_CHARS = 4096
 
-#: Requests the query service queues (clients calling at the same time).
-SERVICE_QUEUE_DEPTH = 256
+#: Executor threads kept free of queries: they take requests (and refuse them when the node is
+#: busy), and run capture, training and the control services.
+SPARE_THREADS = 4
+
+#: Start of the message of a request refused because ``node.max_queries_in_flight`` are in flight.
+BUSY = "busy"
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -79,7 +90,10 @@ class SceneServer:
         self.scene: LoadedScene | None = None  # swapped atomically
         self._load_lock = threading.Lock()
         self.queries_answered = 0
-        self.group = MutuallyExclusiveCallbackGroup()
+        self.queries_refused_busy = 0
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self.group = ReentrantCallbackGroup()
         self.scene_pub = node.create_publisher(PointCloud2, "~/scene_cloud", LATCHED)
         self.query_pub = node.create_publisher(PointCloud2, "~/query_cloud", LATCHED)
         self.marker_pub = node.create_publisher(MarkerArray, "~/query_markers", LATCHED)
@@ -92,10 +106,26 @@ class SceneServer:
         self.srv = node.create_service(
             SemanticQuery,
             "/semantic_query",
-            self.handle_query,
+            self.serve_query,
             callback_group=self.group,
-            qos_profile=QoSProfile(depth=SERVICE_QUEUE_DEPTH, reliability=ReliabilityPolicy.RELIABLE),
+            qos_profile=QoSProfile(depth=cfg.node.query_queue_depth, reliability=ReliabilityPolicy.RELIABLE),
         )
+
+    @staticmethod
+    def executor_threads(cfg: Config) -> int:
+        """Threads the node's executor needs: the query bound plus :data:`SPARE_THREADS`."""
+        return int(cfg.node.max_queries_in_flight) + SPARE_THREADS
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no query is in flight (node shutdown); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._in_flight
 
     # ------------------------------------------------------------------ browser viewer
 
@@ -144,6 +174,7 @@ class SceneServer:
 
     def load(self, path: str | Path) -> LoadedScene:
         """Load a scene folder completely, then swap it in. Raises SceneError / OSError / ValueError."""
+        self.node.get_logger().info(f"loading scene {path} (the current scene is served meanwhile)")
         with self._load_lock:  # two loads at once would only waste memory
             # A scene's text-encoder checkpoint may come only from the scene folder, the allowed
             # roots and the configured checkpoint folders (scene_checks.py).
@@ -187,6 +218,28 @@ class SceneServer:
             return conv.transform_to_matrix_msg(tf.transform)
         except Exception as exc:  # noqa: BLE001 - tf2 raises several exception types
             raise RequestError(f"unknown target_frame {target!r}: no transform from {scene_frame!r} ({exc})") from None
+
+    def serve_query(self, req: Any, resp: Any) -> Any:
+        """The service callback: admission (a "busy" answer beyond the bound), then :meth:`handle_query`."""
+        limit = int(self.cfg.node.max_queries_in_flight)
+        with self._in_flight_lock:
+            busy = self._in_flight >= limit
+            if busy:
+                self.queries_refused_busy += 1
+            else:
+                self._in_flight += 1
+        if busy:
+            resp.success, resp.found, resp.instances = False, False, []
+            resp.message = (
+                f"{BUSY}: {limit} queries are in flight (node.max_queries_in_flight); "
+                "nothing was done for this request, call again"
+            )
+            return resp
+        try:
+            return self.handle_query(req, resp)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
 
     def handle_query(self, req: Any, resp: Any) -> Any:
         t0 = time.perf_counter()
@@ -233,4 +286,4 @@ class SceneServer:
         self._to_viewer(self._show_answer, scene, result, list(req.negatives))
 
 
-__all__ = ["HARD_MAX_QUERY_CHARS", "LATCHED", "RequestError", "SceneServer", "check_request"]
+__all__ = ["BUSY", "HARD_MAX_QUERY_CHARS", "LATCHED", "RequestError", "SceneServer", "check_request"]

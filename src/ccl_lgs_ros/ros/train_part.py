@@ -24,6 +24,7 @@ from ..config import Config, ConfigError
 from ..distributed import config_overrides
 from ..paths import PathRefused, resolve_inside
 from ..supervisor import TrainerProcess, TrainProgress, train_command
+from ..train_checks import check_train_settings, config_of_train_argv
 from .capture_part import CaptureFrontend
 from .guard import reason_of
 from .query_part import SceneServer
@@ -62,15 +63,19 @@ class TrainAction:
         )
 
     def _on_goal(self, goal: Any) -> GoalResponse:
-        # Goals are accepted and refused in execute with a reason (a rejection carries none).
+        # Goals are accepted and refused at the start of execute, before any snapshot or trainer,
+        # with the reason in the result (a rejection carries none).
         return GoalResponse.ACCEPT
 
-    def shutdown(self) -> None:
-        """Stop a running trainer (node shutdown)."""
+    def shutdown(self, timeout: float = 15.0) -> None:
+        """Stop a running trainer (node shutdown) and wait until the goal's callback has ended, so
+        the node is not destroyed under it."""
         self._stopping.set()
         trainer = self.trainer
         if trainer is not None and trainer.running:
             trainer.cancel(grace=3.0)
+        if self._busy.acquire(timeout=timeout):
+            self._busy.release()
 
     def _result(self, success: bool, message: str, scene_path: str = "", t0: float | None = None) -> Any:
         res = self.TrainScene.Result()
@@ -132,6 +137,10 @@ class TrainAction:
         except (ConfigError, PathRefused) as exc:
             self._finish(goal_handle, "abort")
             return self._result(False, f"invalid goal: {exc}")
+        reason = self._check_settings(argv)
+        if reason:
+            self._finish(goal_handle, "abort")
+            return self._result(False, f"invalid goal: {reason}")
         try:
             self.capture.snapshot(snapshot_dir)
         except Exception as exc:  # noqa: BLE001 - CaptureWriteError, OSError
@@ -185,6 +194,16 @@ class TrainAction:
             if not self._stopping.is_set():
                 raise
             self.node.get_logger().debug(f"goal not updated during shutdown: {exc}")
+
+    def _check_settings(self, argv: list[str]) -> str:
+        """Settings the trainer could not work with (device, backends, checkpoints, simulator
+        ground truth; :mod:`ccl_lgs_ros.train_checks`), found before a snapshot or trainer."""
+        assert self.capture is not None
+        try:
+            check_train_settings(config_of_train_argv(argv), self.capture.folder)
+        except (ValueError, OSError) as exc:  # TrainSettingsError, ConfigError, CaptureError
+            return str(exc)
+        return ""
 
     def _confine_override_paths(self, overrides: Any) -> list[str]:
         """Overrides that make the trainer read a file must name one inside the allowed roots;
