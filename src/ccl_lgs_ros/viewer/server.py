@@ -22,6 +22,7 @@ choice (``--host`` / ``viewer.host``) and exposes the page without authenticatio
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -380,6 +381,12 @@ def serve(scene_path: str | Path, host: str = "127.0.0.1", port: int = 8080, dev
         print(f"WARNING: bound to {host}: every machine that reaches it sees the page (no authentication)",
               flush=True)
     stop = stop or threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        # Own handlers: a process started in the background by a shell inherits SIGINT ignored
+        # (no KeyboardInterrupt then), and SIGTERM (systemd, kill) should stop it cleanly too.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         while not stop.wait(0.5):
             pass
@@ -387,6 +394,8 @@ def serve(scene_path: str | Path, host: str = "127.0.0.1", port: int = 8080, dev
         pass
     finally:
         viewer.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 
