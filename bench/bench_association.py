@@ -4,7 +4,7 @@ Part 1, cost (the real segment_anything / sam2 / open_clip code, reduced random-
 written as checkpoint files and loaded the way a user's are): ``--frames`` prefixes of a real
 capture (default the shared ``nerfstudio_fakeplant``, imported at ``--downscale``) go through
 SAM two-level masks, CLIP mask features and SAM 2 association with the settings of the CI test
-of the user's path (``test/core/test_real_path.py``). Random weights are the worst case of the
+of the user's path (``test/core/test_cli_real_models.py``). Random weights are the worst case of the
 association: nothing tracks, so every frame re-seeds. Reported per frame count: seconds per
 frame of each stage, propagated frames per input frame, passes, whether the cap was reached.
 The association before issue 22 (``bench/_association_v1.py``) runs on the same masks for the
@@ -56,7 +56,7 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "loadavg_1_5_15": [round(x, 2) for x in load],
-        "note": "shared machine: 2 cores used by several agents at once; times are inflated and noisy",
+        "note": "times depend on the load recorded in loadavg_1_5_15 (other work on the machine inflates them)",
     }
 
 
