@@ -8,7 +8,6 @@ from the one config tree: ``--preset``, ``--config FILE.yaml`` and ``--set secti
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from . import __version__
 from .config import PRESETS, Config, ConfigError, load_config, parse_assignments
+from .io import json_text
 
 log = logging.getLogger("ccl_lgs")
 
@@ -37,19 +37,7 @@ def _config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    sys.stdout.write(json_text(data, indent=2))
 
 
 # ----------------------------------------------------------------------------- commands

@@ -56,8 +56,33 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _strict(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by ``None`` (recursively, numpy scalars and
+    arrays included): JSON has no NaN or Infinity, and strict parsers (``jq``, browsers, most
+    languages' libraries) refuse Python's ``NaN`` tokens."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _strict(obj.tolist())
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return _strict(obj.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def json_text(data: Any, indent: int | None = 2) -> str:
+    """Standard JSON for ``data``: undefined values (NaN, +-inf, e.g. a mean over no classes) are
+    written as ``null``; numpy values and paths as plain JSON. The one JSON writer of the project."""
+    return json.dumps(_strict(data), indent=indent, sort_keys=False, allow_nan=False) + "\n"
+
+
 def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> None:
-    atomic_write_text(path, json.dumps(data, indent=indent, sort_keys=False) + "\n")
+    atomic_write_text(path, json_text(data, indent=indent))
 
 
 def read_json(path: str | Path) -> Any:
