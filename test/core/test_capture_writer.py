@@ -137,6 +137,34 @@ def test_snapshot_hard_links_and_is_frozen(tmp_path):
         w.snapshot(tmp_path / "cap")
 
 
+def test_snapshot_confined_to_roots_refuses_links_leading_out(tmp_path):
+    root = tmp_path / "allowed"
+    secret = tmp_path / "elsewhere" / "secret.png"
+    secret.parent.mkdir()
+    w = CaptureWriter(root / "cap")
+    for i in range(2):
+        w.add_frame(_rgb(i), _pose(i), INTR)
+    # Inside the roots, links between allowed folders are fine.
+    assert len(Capture.load(w.snapshot(root / "snap0", confine_to=[root])).frames) == 2
+    # An image replaced by a symlink to a file outside the roots: refused before anything is read.
+    rel = Capture.load(root / "cap").frames[1].file_path
+    secret.write_bytes((root / "cap" / rel).read_bytes())
+    (root / "cap" / rel).unlink()
+    (root / "cap" / rel).symlink_to(secret)
+    with pytest.raises(CaptureWriteError, match=r"1 file\(s\) .* outside the allowed roots.*secret\.png"):
+        w.snapshot(root / "snap1", confine_to=[root])
+    assert not (root / "snap1").exists()
+    cap = Capture.load(root / "cap")
+    assert [r for r, _ in cap.files_outside([root.resolve()])] == [rel]
+    assert cap.files_outside([tmp_path.resolve()]) == []
+    # A ground-truth file named by an absolute path is outside too.
+    cap.instances = [{"id": 1, "gt_points": str(secret)}]
+    outside = [res for _, res in cap.files_outside([root.resolve()])]
+    assert outside == [secret.resolve(), secret.resolve()]
+    # Without roots (the command line, a local user) the link is followed as before.
+    assert len(Capture.load(w.snapshot(tmp_path / "snap2")).frames) == 2
+
+
 def test_thin_drops_every_second_frame(tmp_path):
     w = CaptureWriter(tmp_path)
     for i in range(5):

@@ -310,3 +310,47 @@ def test_relative_goal_override_path_reaches_the_trainer_absolute_inside_the_roo
     finally:
         ac.destroy()
     _alive(node)
+
+
+def test_a_capture_linking_out_of_the_roots_is_not_trained_and_nothing_is_read(node):
+    """A capture folder inside the roots whose image is a symlink to a file elsewhere: the goal is
+    refused with the file named, before the snapshot reads (or hard-links) anything."""
+    from action_msgs.msg import GoalStatus
+    from ccl_lgs_interfaces.action import TrainScene
+    from rclpy.action import ActionClient
+
+    from ccl_lgs_ros.capture.format import Capture, Intrinsics
+    from ccl_lgs_ros.capture.writer import CaptureWriter
+
+    folder = node.root / "cap_link"
+    w = CaptureWriter(folder)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        pose = np.eye(4)
+        pose[0, 3] = 0.3 * i
+        w.add_frame(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), pose,
+                    Intrinsics(fx=40.0, fy=40.0, cx=16.0, cy=12.0, width=32, height=24))
+    rel = Capture.load(folder).frames[2].file_path
+    secret = node.tmp / "outside_secret.png"  # outside node.root, the only allowed root
+    secret.write_bytes((folder / rel).read_bytes())
+    (folder / rel).unlink()
+    (folder / rel).symlink_to(secret)
+    assert _set_capture(node, str(folder)).success
+    ckpts = []
+    for key in ("sam_checkpoint", "sam2_checkpoint", "clip_checkpoint"):
+        (node.root / f"{key}.pt").touch()
+        ckpts.append(f"priors.{key}={node.root / f'{key}.pt'}")
+    ac = ActionClient(node.client.node, TrainScene, "/ccl_lgs_mapper/train")
+    assert ac.wait_for_server(timeout_sec=20)
+    try:
+        fut = ac.send_goal_async(TrainScene.Goal(preset="tiny", device="cpu", overrides=ckpts))
+        node.client.executor.spin_until_future_complete(fut, timeout_sec=20)
+        rfut = fut.result().get_result_async()
+        node.client.executor.spin_until_future_complete(rfut, timeout_sec=60)
+        res = rfut.result()
+    finally:
+        ac.destroy()
+    assert res.status == GoalStatus.STATUS_ABORTED, res.result.message
+    assert "outside the allowed roots" in res.result.message and "outside_secret.png" in res.result.message
+    assert secret.stat().st_nlink == 1  # never hard-linked into a snapshot
+    _alive(node)

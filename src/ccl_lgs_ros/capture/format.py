@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -224,6 +225,29 @@ class Capture:
             return None
         first = self.frames[0].intrinsics
         return first if all(f.intrinsics == first for f in self.frames) else None
+
+    def referenced_files(self) -> list[str]:
+        """Every file this capture names, relative to its folder: images, depth, masks,
+        instance maps, the point file and ground-truth point files."""
+        rels: list[str] = []
+        for f in self.frames:
+            rels += [r for r in (f.file_path, f.depth_file_path, f.mask_file_path, f.instance_file_path) if r]
+        if self.points_file:
+            rels.append(self.points_file)
+        rels += [inst["gt_points"] for inst in self.instances if isinstance(inst.get("gt_points"), str)]
+        return rels
+
+    def files_outside(self, roots: Sequence[Path]) -> list[tuple[str, Path]]:
+        """The referenced files that, with every symlink resolved, lie outside all of ``roots``
+        (already resolved folders), as ``(name in the capture, resolved path)``. A capture
+        inside an allowed root can still point elsewhere through a symlink (``images ->
+        /elsewhere``) or a ground-truth file name; a reader confined to roots checks this."""
+        out = []
+        for rel in self.referenced_files():
+            resolved = (self.root / rel).resolve()
+            if not any(resolved == r or r in resolved.parents for r in roots):
+                out.append((rel, resolved))
+        return out
 
     def image_path(self, i: int) -> Path:
         return self.root / self.frames[i].file_path

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from ..config import CaptureConfig
 from ..geometry import is_valid_pose
 from ..io import atomic_write_bytes
+from ..paths import resolve_roots
 from .format import TRANSFORMS, Capture, CaptureError, Frame, Intrinsics, write_image, write_uint16_png
 
 log = logging.getLogger(__name__)
@@ -198,12 +200,18 @@ class CaptureWriter:
                         pass
         return len(self.capture.frames)
 
-    def snapshot(self, dest: str | Path) -> Path:
+    def snapshot(self, dest: str | Path, confine_to: Sequence[str | Path] | None = None) -> Path:
         """Copy the current consistent state to ``dest`` for training, hard-linking files.
 
         Hard links are safe: a stored file is never modified in place (every write is a new file
         renamed over the old name), so later writes never change the snapshot. Files are
         copied where hard links are impossible (another file system).
+
+        Args:
+            dest: the snapshot folder.
+            confine_to: when given (the node: ``node.allowed_roots``), refuse the snapshot, before
+                any file is read, if a file the capture names resolves outside these folders
+                (a symlink, or a ground-truth file name pointing elsewhere).
 
         Returns:
             ``dest``, holding a capture that :meth:`Capture.load` reads.
@@ -212,8 +220,19 @@ class CaptureWriter:
         if dest.resolve() == self.root.resolve():
             raise CaptureWriteError("snapshot destination is the capture folder itself")
         snap = Capture.load(self.root)  # the on-disk state: only frames whose files exist
+        if confine_to is not None:
+            roots = resolve_roots(confine_to)
+            outside = snap.files_outside(roots)
+            if outside:
+                shown = "; ".join(f"{rel} -> {res}" for rel, res in outside[:3])
+                more = f" and {len(outside) - 3} more" if len(outside) > 3 else ""
+                raise CaptureWriteError(
+                    f"{len(outside)} file(s) of the capture {self.root} resolve outside the allowed roots "
+                    f"[{', '.join(str(r) for r in roots)}]: {shown}{more}; nothing was read from them "
+                    "(replace the links by the files, or add their folder to node.allowed_roots)"
+                )
         try:
-            for rel in _referenced_files(snap):
+            for rel in snap.referenced_files():
                 src, dst = self.root / rel, dest / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 _link_or_copy(src, dst)
@@ -229,16 +248,6 @@ def depth_to_units(depth_m: np.ndarray, unit: float) -> np.ndarray:
     d = np.asarray(depth_m, dtype=np.float64) / unit
     d = np.where(np.isfinite(d) & (d > 0) & (d < 65535.5), np.round(d), 0.0)
     return d.astype(np.uint16)
-
-
-def _referenced_files(capture: Capture) -> list[str]:
-    rels: list[str] = []
-    for f in capture.frames:
-        rels += [r for r in (f.file_path, f.depth_file_path, f.mask_file_path, f.instance_file_path) if r]
-    if capture.points_file:
-        rels.append(capture.points_file)
-    rels += [inst["gt_points"] for inst in capture.instances if isinstance(inst.get("gt_points"), str)]
-    return rels
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -163,7 +163,7 @@ class CaptureFrontend:
         with self.lock:
             if self.session is None:
                 raise CaptureWriteError("no capture folder is open")
-            return self.session.writer.snapshot(dest)
+            return self.session.writer.snapshot(dest, confine_to=self.cfg.node.allowed_roots)
 
     def config_changed(self, name: str) -> None:
         """Apply runtime changes of capture.* / pose parameters to the running session."""
