@@ -212,6 +212,8 @@ def run_quality(args: argparse.Namespace, work: Path) -> list[dict]:
                         out[name] = {
                             **label_quality(labels, id_maps, gt),
                             "propagated_per_frame": st.propagated_per_frame,
+                            "capped": st.capped,
+                            "untracked_objects": st.untracked_objects,
                         }
                     rows.append(out)
                     print(json.dumps(out), flush=True)

@@ -143,9 +143,15 @@ class PriorsConfig:
     reseed: bool = _f(True, "Re-seed the tracker with unlabelled masks of later frames.")
     association_window: int = _f(
         32,
-        "Frames per SAM 2 propagation window: a pass never tracks further; each window's first frame "
-        "re-seeds every object seen there, so labels carry on across windows.",
+        "Frames per SAM 2 propagation window: a pass never tracks further. Consecutive windows share "
+        "priors.association_overlap frames, whose objects the next window tracks on under their labels.",
         min=2,
+    )
+    association_overlap: int = _f(
+        8,
+        "Frames shared by consecutive SAM 2 windows (1 .. association_window - 1): an object labelled "
+        "anywhere in the overlap keeps its label in the next window; the overlap counts in the budget.",
+        min=1,
     )
     association_patience: int = _f(
         2,
@@ -154,8 +160,8 @@ class PriorsConfig:
     )
     association_budget: float = _f(
         3.0,
-        "Cap on SAM 2 propagated frames as a multiple of the frame count (0 = no cap); when reached, "
-        "association stops with a warning and the masks not reached stay unlabelled.",
+        "Cap on SAM 2 propagated frames as a multiple of the frame count (0 = no cap), spent window by "
+        "window; passes it refuses are logged and their masks keep labels of their own (untracked).",
         min=0.0,
     )
     sam2_image_size: int = _f(

@@ -14,6 +14,7 @@ import torch
 
 from ccl_lgs_ros.capture.format import Capture, Frame, Intrinsics, write_image
 from ccl_lgs_ros.config import Config
+from ccl_lgs_ros.priors.association import VideoFrames, _frames_loader, associate_masks
 from ccl_lgs_ros.priors.models import (
     CheckpointMismatchError,
     MissingCheckpointError,
@@ -287,6 +288,44 @@ def test_association_labels(backend, capture, priors, reseed):
         assert stats.fraction_labelled == 1.0  # every mask eventually seeds or joins an object
     else:
         assert stats.objects == k0 and stats.passes == 1 and 0.0 < stats.fraction_labelled <= 1.0
+
+
+def test_real_tracker_takes_seeds_in_later_frames_than_its_start(backend):
+    """The carry pass seeds objects in later overlap frames and propagates from the window start:
+    sam2's predictor conditions on those frames (the output there is the seed mask) and tracks every
+    object from the start frame on."""
+    predictor = backend.sam2_video
+    n, h, w = 5, 32, 48
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+    frames = VideoFrames(lambda i: imgs[i], n, predictor.image_size)
+    with _frames_loader(predictor, frames, h, w), torch.inference_mode():
+        state = predictor.init_state(video_path="<in-memory frames>")
+    early = torch.zeros(h, w, dtype=torch.bool)
+    early[4:20, 4:20] = True
+    late = torch.zeros(h, w, dtype=torch.bool)
+    late[10:30, 25:45] = True
+    with torch.inference_mode():
+        predictor.reset_state(state)
+        predictor.add_new_mask(state, frame_idx=3, obj_id=7, mask=late)
+        predictor.add_new_mask(state, frame_idx=1, obj_id=5, mask=early)
+        out = {t: (list(ids), logits) for t, ids, logits in predictor.propagate_in_video(state, start_frame_idx=1)}
+    assert sorted(out) == [1, 2, 3, 4] and all(sorted(ids) == [5, 7] for ids, _ in out.values())
+    ids, logits = out[3]
+    got = logits[ids.index(7), 0] > 0
+    assert (got & late).sum() / (got | late).sum() > 0.9  # the conditioning frame gives back its seed
+
+    # The whole association over two overlapping windows with the real predictor: valid labels.
+    maps = []
+    for t in range(n):
+        m = np.full((h, w), -1, np.int32)
+        m[4:20, 4 + t : 20 + t] = 0
+        m[10:30, 25:45] = 1
+        maps.append(m)
+    labels, stats = associate_masks(predictor, frames, maps, window=3, overlap=2, budget=0)
+    assert stats.fraction_labelled == 1.0 and all(lab.shape == (2,) and lab.dtype == np.int32 for lab in labels)
+    assert sorted({int(x) for lab in labels for x in lab}) == list(range(stats.objects))
+    assert len(stats.seed_frames) >= 3  # windows start at 0, 1, 2: every one carried objects on
 
 
 def test_granularity_aware_prompting_needs_and_uses_depth(sam, clip, capture):

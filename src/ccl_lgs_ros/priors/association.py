@@ -7,13 +7,17 @@ takes the label of the propagated mask it overlaps most if that IoU exceeds ``io
 otherwise it stays -1 (the paper).
 
 Beyond the paper (``reseed``): masks left unlabelled seed the tracker themselves under new
-labels, all unlabelled masks of a frame in one pass. The cost is bounded: passes run inside
-propagation windows (``window`` frames; each window's first frame re-seeds every object seen
-there, so labels carry across windows), a pass stops once none of its objects has given its label to a
-new mask for ``patience`` frames, and the total number of propagated frames is capped (``budget`` x the
-frame count; a log line says when the cap is reached). Without that a tracker that follows
-nothing (e.g. wrong weights) made every frame start a pass to the end of the video: frames x
-re-seeds propagated frames. See :func:`associate_masks`.
+labels, all unlabelled masks of a frame in one pass, and labels the tracker shows to be one
+object (an object re-seeded after a tracker miss that finds its earlier label again) are joined
+at the end, never two labels that hold different masks of one frame. The cost is bounded:
+passes run inside overlapping propagation windows (``window`` frames, ``overlap`` shared; every
+object labelled in the overlap is seeded again at the next window's start, so it keeps its label
+across the boundary), a pass stops once none of its objects has given its label to a new mask
+for ``patience`` frames, and the propagated frames are capped (``budget`` x the frame count,
+spent window by window; passes the cap refuses are logged and their masks keep labels of their
+own, so every mask ends labelled). Without that a tracker that follows nothing (e.g. wrong
+weights) made every frame start a pass to the end of the video: frames x re-seeds propagated
+frames. See :func:`associate_masks`.
 
 SAM 2's loader reads JPEG folders or MP4 files only. The predictor's own ``init_state`` is used
 with its frame loader swapped for :class:`VideoFrames` (in memory, loaded lazily, resized and
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -136,7 +141,8 @@ class AssociationStats:
     seed_frames: list[int] = field(default_factory=list)  # capture indices that seeded a pass
     frames: int = 0  # frames in the video
     budget: int = 0  # cap on frames_tracked (0 = none)
-    capped: bool = False  # the cap stopped association before every mask had its chance
+    capped: bool = False  # the cap refused some passes (their seeds were not tracked)
+    untracked_objects: int = 0  # seeded objects whose pass the cap refused (their masks keep own labels)
 
     @property
     def fraction_labelled(self) -> float:
@@ -159,6 +165,7 @@ class AssociationStats:
             "propagated_per_frame": self.propagated_per_frame,
             "budget": self.budget,
             "capped": self.capped,
+            "untracked_objects": self.untracked_objects,
             "seed_frames": list(self.seed_frames),
         }
 
@@ -174,10 +181,25 @@ def _mask_iou(id_map: torch.Tensor, k: int, tracked: torch.Tensor) -> torch.Tens
     return (inter / union.clamp_min(1.0)).T
 
 
-def window_starts(n: int, window: int) -> list[int]:
-    """First frame of each propagation window: windows of ``window`` frames sharing their end frames."""
-    step = max(int(window) - 1, 1)
-    return list(range(0, max(n - 1, 1), step)) if n > 1 else [0]
+def window_starts(n: int, window: int, overlap: int = 1) -> list[int]:
+    """First frame of each propagation window: ``window`` frames each, consecutive windows sharing ``overlap``."""
+    if n <= 1:
+        return [0]
+    overlap = min(max(int(overlap), 1), int(window) - 1)
+    starts, a = [0], 0
+    while a + window - 1 < n - 1:
+        a += int(window) - overlap
+        starts.append(a)
+    return starts
+
+
+@dataclass
+class _Seed:
+    """One object seeded in a pass: its label, the frame (video position) and the mask there."""
+
+    label: int
+    pos: int
+    mask: torch.Tensor  # bool [H, W]
 
 
 def associate_masks(
@@ -189,32 +211,48 @@ def associate_masks(
     reseed: bool = True,
     max_objects_per_pass: int = 64,
     window: int = 32,
+    overlap: int = 8,
     patience: int = 2,
     budget: float = 3.0,
     autocast: AbstractContextManager | None = None,
     frame_names: Sequence[int] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[np.ndarray], AssociationStats]:
-    """Associate the masks of one level across frames, in propagation windows.
+    """Associate the masks of one level across frames, in overlapping propagation windows.
 
-    The video is cut into windows of ``window`` frames; consecutive windows share one frame
-    (the *boundary*). Per window:
+    The video is cut into windows of ``window`` frames; consecutive windows share ``overlap``
+    frames. Per window:
 
-    1. **Carry pass**: the window's first frame seeds the tracker with all of its masks at once:
-       masks labelled in the previous window keep their label (the object is carried on; an
-       object tracked to the boundary without an own mask there is seeded with its tracked
-       mask), the others get new labels (``reseed``; in the first frame always, as in the paper).
-    2. **Re-seed passes** (``reseed``): the earliest frame of the window that still has
-       unlabelled masks seeds all of them at once under new labels; repeated until none is left.
+    1. **Carry pass** (from the window's first frame; seeds may lie in later overlap frames, as
+       SAM 2 conditions on any frame): every object labelled in the overlap with
+       the previous window is seeded with its mask in the latest overlap frame where it has one
+       (an object tracked to the previous window's last frame without an own mask there is seeded
+       with its tracked mask), so an object keeps its label across the boundary even when SAM or
+       the tracker missed it in some overlap frames. The unlabelled masks of the first frame are
+       seeded beside them under new labels (``reseed``; in the first frame always, as in the
+       paper). The pass goes on while its carried objects are found again on their own masks in
+       the overlap, and may still label the overlap's unlabelled masks.
+    2. **Re-seed passes** (``reseed``): each frame of the window before the next window's overlap
+       that still has unlabelled masks seeds all of them at once under new labels (unlabelled
+       masks in the overlap wait for the next window's carry pass, which may give them a carried
+       object's label).
 
-    Every pass runs forward to the window's last frame (the next window's boundary, so what it
-    labels there is carried on) and stops early once none of its objects has given its label to
-    a mask for ``patience`` consecutive frames. A mask takes the label of the tracked object it
-    overlaps most when that IoU exceeds ``iou_thresh`` and it has no label yet; otherwise it
-    stays -1. When nothing tracks each frame thus costs at most ``1 + patience`` propagated
-    frames; when everything tracks about one (plus what objects appearing later cost).
-    ``budget`` caps the total at ``budget x`` the frame count: when
-    reached, association stops and ``log`` says so (masks left unlabelled stay -1).
+    Every pass runs forward to the window's last frame and stops early once none of its objects
+    has given its label to a mask for ``patience`` consecutive frames. A mask takes the label of
+    the tracked object it overlaps most when that IoU exceeds ``iou_thresh`` and it has no label
+    yet; otherwise it stays unlabelled for the next pass. When a tracked object matches a mask
+    that already holds another label (a re-seeded object finding its earlier label), that is
+    counted as evidence the two labels are one object; at the end labels are joined, most
+    evidence first, unless they hold different masks of one frame (then they are two objects).
+    A pass whose every object was found this way stops.
+
+    ``budget`` caps the propagated frames at ``budget x`` the frame count, spent as a running
+    allowance (by the end of a window at most ``budget x`` the frames up to it), so an early
+    window cannot starve later ones. A pass the allowance does not allow is not run: with
+    ``reseed`` its masks get labels of their own (one object per mask, untracked, still carried
+    into the next window if they lie in the overlap), so every mask ends with a label, and ``log``
+    says once how many objects that concerned. Without ``reseed`` (the paper) masks no tracked
+    object reached stay -1. Labels are renumbered ``0..objects-1`` in order of first appearance.
 
     Args:
         predictor: a sam2 video predictor (``init_state`` / ``add_new_mask`` /
@@ -225,15 +263,17 @@ def associate_masks(
         reseed: give unlabelled masks of later frames new labels and track them.
         max_objects_per_pass: objects tracked together (memory bound); more seeds -> more passes.
         window: frames per propagation window (>= 2).
+        overlap: frames shared by consecutive windows (1 .. ``window - 1``).
         patience: a pass stops after this many consecutive frames in which none of its objects
-            gave its label to an unlabelled mask.
+            gave its label to an unlabelled mask (or, carried, was found on its own mask).
         budget: cap on propagated frames as a multiple of the frame count (0 = no cap).
         autocast: mixed-precision context (bf16 on CUDA).
         frame_names: capture index of each video position (for the stats and the log).
         log: receives one line when the cap is reached (default: the module logger's warning).
 
     Returns:
-        Labels ``int32 [K_t]`` per frame (video order; -1 = unlabelled) and the stats.
+        Labels ``int32 [K_t]`` per frame (video order; -1 = unlabelled, only without ``reseed``)
+        and the stats.
     """
     autocast = autocast or nullcontext()
     log = log or _LOG.warning
@@ -242,6 +282,10 @@ def associate_masks(
         raise ValueError(f"{len(frames)} frames but {n} mask maps")
     if window < 2:
         raise ValueError(f"the association window must hold at least 2 frames, got {window}")
+    if not 1 <= overlap < window:
+        raise ValueError(
+            f"priors.association_overlap ({overlap}) must be 1 .. priors.association_window - 1 ({window - 1}) frames"
+        )
     stats = AssociationStats(frames=n)
     counts = [int(m.max()) + 1 if m.size and m.max() >= 0 else 0 for m in id_maps]
     labels = [np.full(k, -1, dtype=np.int32) for k in counts]
@@ -255,65 +299,125 @@ def associate_masks(
     device = state["device"]
     name = (lambda pos: int(frame_names[pos])) if frame_names is not None else (lambda pos: pos)
     next_label = 0
+    refused: list[int] = []  # video positions whose pass the allowance refused
+    same: Counter = Counter()  # (tracked label, label of the mask it matched): evidence of one object
 
-    # Objects tracked to a window's last frame whose own mask is missing there (SAM missed it, or
-    # the match failed): their tracked mask seeds them in the next window, so they carry on.
-    carry: dict[int, torch.Tensor] = {}
-
-    def run(seed_pos: int, mask_ids: np.ndarray, end: int, extra: dict[int, torch.Tensor] | None = None) -> bool:
-        """Seed ``mask_ids`` of ``seed_pos`` (new labels where unlabelled) in chunks; False once capped."""
+    def fresh(pos: int, mask_ids: np.ndarray) -> np.ndarray:
+        """New labels for the unlabelled ``mask_ids`` of frame ``pos``."""
         nonlocal next_label
-        fresh = mask_ids[labels[seed_pos][mask_ids] < 0]
-        labels[seed_pos][fresh] = next_label + np.arange(len(fresh), dtype=np.int32)
-        next_label += len(fresh)
-        extra = extra or {}
-        if not (len(mask_ids) or extra) or seed_pos >= n - 1:
+        free = mask_ids[labels[pos][mask_ids] < 0]
+        labels[pos][free] = next_label + np.arange(len(free), dtype=np.int32)
+        next_label += len(free)
+        return free
+
+    def own_seeds(pos: int, mask_ids: np.ndarray) -> list[_Seed]:
+        """One seed per label among ``mask_ids`` of frame ``pos`` (two masks may carry one object)."""
+        id_map = torch.as_tensor(id_maps[pos], device=device)
+        lab = labels[pos]
+        return [
+            _Seed(int(obj), pos, torch.isin(id_map, torch.as_tensor(mask_ids[lab[mask_ids] == obj], device=device)))
+            for obj in np.unique(lab[mask_ids])
+        ]
+
+    def run(start: int, seeds: list[_Seed], end: int, allowance: int, carry: dict | None) -> bool:
+        """Track ``seeds`` from ``start`` to ``end`` in chunks; False when the allowance refused a chunk."""
+        if not seeds or start >= n - 1:
             return True  # nothing to seed, or nothing after the seed frame to track into
-        stats.seed_frames.append(name(seed_pos))
-        own = np.unique(labels[seed_pos][mask_ids])  # two masks may carry one object: seeded as one
-        objects = np.concatenate([own, np.array(sorted(set(extra) - set(own.tolist())), dtype=own.dtype)])
-        for chunk_start in range(0, len(objects), max_objects_per_pass):
-            if stats.budget and stats.frames_tracked >= stats.budget:
+        for chunk_start in range(0, len(seeds), max_objects_per_pass):
+            if stats.budget and stats.frames_tracked >= allowance:
+                stats.untracked_objects += len(seeds) - chunk_start
                 return False
-            chunk = objects[chunk_start : chunk_start + max_objects_per_pass]
+            if chunk_start == 0:
+                stats.seed_frames.append(name(start))
+            chunk = seeds[chunk_start : chunk_start + max_objects_per_pass]
             _track_pass(
-                predictor, state, id_maps, labels, seed_pos, chunk, end, iou_thresh, patience, autocast, device,
-                stats, extra, carry,
+                predictor, state, id_maps, labels, start, chunk, end, iou_thresh, patience, autocast, device,
+                stats, limit=stats.budget, carry=carry, same=same,
             )
         return True
 
-    starts = window_starts(n, window)
-    completed = True
+    starts = window_starts(n, window, overlap)
+    # Objects tracked to a window's last frame whose own mask is missing there (SAM missed it, or
+    # the match failed): their tracked mask seeds them in the next window, so they carry on.
+    carry: dict[int, torch.Tensor] = {}
+    prev_end = -1
     for w_index, a in enumerate(starts):
-        end = min(a + window - 1, n - 1)  # last frame of the window = the next window's first
-        carried = np.flatnonzero(labels[a] >= 0)
-        new = np.flatnonzero(labels[a] < 0) if (reseed or a == 0) else np.zeros(0, np.int64)
-        extra, carry = carry, {}
-        completed = run(a, np.concatenate([carried, new]).astype(np.int64), end, extra)
-        # Unlabelled masks of the boundary frame are seeded by the next window's carry pass.
-        last = end if end == n - 1 else end - 1
-        for pos in range(a + 1, last + 1):
-            if not (completed and reseed):
+        end = min(a + window - 1, n - 1)
+        last_window = w_index == len(starts) - 1
+        allowance = int(np.ceil(budget * (end + 1))) if stats.budget else 0
+        # 1. carry pass: the objects of the overlap (latest own mask, else the tracked one) + new masks at `a`
+        latest: dict[int, _Seed] = {}
+        for pos in range(a, prev_end + 1):
+            for seed in own_seeds(pos, np.flatnonzero(labels[pos] >= 0)):
+                latest[seed.label] = seed
+        for obj, mask in carry.items():
+            if obj not in latest or latest[obj].pos < prev_end:
+                latest[obj] = _Seed(obj, prev_end, mask)
+        carry = {}
+        new = fresh(a, np.flatnonzero(labels[a] < 0)) if (reseed or a == 0) else np.zeros(0, np.int64)
+        seeds = sorted(latest.values(), key=lambda s: -s.pos) + own_seeds(a, new)
+        if not run(a, seeds, end, allowance, None if last_window else carry):
+            refused.append(a)
+        # 2. re-seed passes up to the next window's overlap
+        last_seed = end if last_window else starts[w_index + 1] - 1
+        for pos in range(a + 1, last_seed + 1):
+            if not reseed:
                 break
-            if (labels[pos] < 0).any():
-                completed = run(pos, np.flatnonzero(labels[pos] < 0), end)
-        left = sum(int((lab < 0).sum()) for lab in labels)
-        if not completed and left:
-            frames_left = sum(1 for lab in labels if (lab < 0).any())
-            log(
-                f"SAM 2 association stopped at its cap of {stats.budget} propagated frames "
-                f"(priors.association_budget={budget:g} x {n} frames) in window {w_index + 1}/{len(starts)} "
-                f"(frames {name(a)}..{name(end)}): {left} masks in {frames_left} frames stay unlabelled. "
-                "Few masks were matched from frame to frame: raise priors.association_budget (0 = no cap) to "
-                "spend more, or check priors.sam2_checkpoint (with a tracker that follows the masks a frame "
-                "costs about one propagated frame)."
-            )
-            stats.capped = True
-        if not completed:
-            break
+            new = fresh(pos, np.flatnonzero(labels[pos] < 0))
+            if len(new) and not run(pos, own_seeds(pos, new), end, allowance, None if last_window else carry):
+                refused.append(pos)  # the new labels stand untracked: objects of their own
+        prev_end = end
+    if reseed:
+        labels = _merge_labels(labels, same)
     stats.masks_labelled = int(sum((lab >= 0).sum() for lab in labels))
-    stats.objects = next_label
+    stats.objects = int(max((int(lab.max()) for lab in labels if len(lab)), default=-1)) + 1
+    if refused:
+        stats.capped = True
+        log(
+            f"SAM 2 association reached its cap of {stats.budget} propagated frames "
+            f"(priors.association_budget={budget:g} x {n} frames, spent window by window): "
+            f"{stats.untracked_objects} objects seeded in {len(refused)} frames (first frame {name(refused[0])}) "
+            "were not tracked; their masks keep labels of their own, so one object may carry several labels. "
+            "Few masks were matched from frame to frame: raise "
+            "priors.association_budget (0 = no cap) to spend more, or check priors.sam2_checkpoint (with a "
+            "tracker that follows the masks a frame costs about one propagated frame)."
+        )
     return labels, stats
+
+
+def _merge_labels(labels: list[np.ndarray], same: Counter) -> list[np.ndarray]:
+    """Join labels the tracker showed to be one object; labels renumbered densely in first-seen order.
+
+    ``same[(a, b)]`` counts the frames in which object ``a``, tracked, matched a mask already
+    labelled ``b`` (above the IoU threshold: the match that would have given a free mask label
+    ``a``), e.g. an object re-seeded after a tracker miss that finds its earlier label again. Pairs
+    are joined most evidence first; two labels that hold different masks of one frame are
+    different objects and are never joined.
+    """
+    frames_of: dict[int, set[int]] = {}
+    for pos, lab in enumerate(labels):
+        for x in np.unique(lab[lab >= 0]):
+            frames_of.setdefault(int(x), set()).add(pos)
+    parent = {x: x for x in frames_of}
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for (a, b), _ in sorted(same.items(), key=lambda kv: (-kv[1], kv[0])):
+        ra, rb = root(a), root(b)
+        if ra == rb or frames_of[ra] & frames_of[rb]:
+            continue
+        ra, rb = min(ra, rb), max(ra, rb)
+        parent[rb] = ra
+        frames_of[ra] |= frames_of.pop(rb)
+    dense: dict[int, int] = {}
+    for x in sorted(parent):
+        dense.setdefault(root(x), len(dense))
+    lut = {x: dense[root(x)] for x in parent}
+    return [np.array([lut[int(x)] if x >= 0 else -1 for x in lab], dtype=np.int32) for lab in labels]
 
 
 def _track_pass(
@@ -321,31 +425,37 @@ def _track_pass(
     state: dict,
     id_maps: Sequence[np.ndarray],
     labels: list[np.ndarray],
-    seed_pos: int,
-    seed_objects: np.ndarray,
+    start: int,
+    seeds: list[_Seed],
     end: int,
     iou_thresh: float,
     patience: int,
     autocast: AbstractContextManager,
     device: torch.device,
     stats: AssociationStats,
-    extra: dict[int, torch.Tensor] | None = None,
+    *,
+    limit: int,
     carry: dict[int, torch.Tensor] | None = None,
+    same: Counter | None = None,
 ) -> None:
-    """One pass: seed the masks of ``seed_objects`` (labels) in frame ``seed_pos``; label free masks up to ``end``."""
+    """One pass: seed ``seeds`` (frames >= ``start``), label free masks from ``start`` up to ``end``.
+
+    The pass stops at ``end``, once ``limit`` propagated frames are spent (0 = no limit), or after
+    ``patience`` frames in which none of its objects labelled a free mask or was found again on a
+    mask carrying its own label (a carried object crossing the overlap).
+    """
     stats.passes += 1
     with torch.inference_mode(), autocast:
         predictor.reset_state(state)
-        seed_map = torch.as_tensor(id_maps[seed_pos], device=device)
-        seed_labels = torch.as_tensor(labels[seed_pos], device=device)
-        for obj in seed_objects:
-            ids = torch.nonzero(seed_labels == int(obj)).flatten().to(seed_map.dtype)
-            mask = torch.isin(seed_map, ids) if len(ids) or extra is None else extra[int(obj)].to(device)
-            predictor.add_new_mask(state, frame_idx=seed_pos, obj_id=int(obj), mask=mask)
+        for seed in seeds:
+            predictor.add_new_mask(state, frame_idx=seed.pos, obj_id=seed.label, mask=seed.mask.to(device))
         missed = 0
-        for t, obj_ids, logits in predictor.propagate_in_video(state, start_frame_idx=seed_pos):
+        known: set[int] = set()  # objects found on masks of another label (re-seeded after a miss)
+        for t, obj_ids, logits in predictor.propagate_in_video(state, start_frame_idx=start):
             stats.frames_tracked += 1
-            if t == seed_pos:
+            if limit and stats.frames_tracked >= limit:
+                break
+            if t == start:
                 continue
             tracked = logits[:, 0] > 0.0  # [N, H, W]
             k = len(labels[t])
@@ -353,19 +463,33 @@ def _track_pass(
                 id_map = torch.as_tensor(id_maps[t], device=device)
                 iou = _mask_iou(id_map, k, tracked).cpu().numpy()  # [K, N]
                 best = iou.argmax(1)
-                take = (iou[np.arange(k), best] > iou_thresh) & (labels[t] < 0)
-                labels[t][take] = np.asarray(obj_ids, dtype=np.int32)[best[take]]
+                ids = np.asarray(obj_ids, dtype=np.int32)
+                match = iou[np.arange(k), best] > iou_thresh
+                take = match & (labels[t] < 0)
+                # A tracked object on a mask another label holds (its best own mask, above the IoU
+                # threshold): evidence that both labels are one object.
+                mask_of = iou.argmax(0)  # [N] best own mask of each tracked object
+                for n_obj in np.flatnonzero(iou[mask_of, np.arange(len(ids))] > iou_thresh):
+                    obj, other = int(ids[n_obj]), int(labels[t][mask_of[n_obj]])
+                    if other >= 0 and other != obj:
+                        known.add(obj)
+                        if same is not None:
+                            same[(obj, other)] += 1
+                refound = bool((match & (labels[t] == ids[best])).any())
+                labels[t][take] = ids[best[take]]
             else:
-                take = np.zeros(0, bool)
-            # Only new labels count: objects that overlap masks labelled already (by an earlier pass,
-            # or the same object re-seeded after a tracker miss) add nothing, so their pass ends.
-            missed = 0 if take.any() else missed + 1
+                take, refound = np.zeros(0, bool), False
+            # Progress = a new label given, or a carried object found again on its own label; objects
+            # that only overlap masks labelled already (by an earlier pass, or the same object
+            # re-seeded after a tracker miss) add nothing, so their pass ends.
+            missed = 0 if take.any() or refound else missed + 1
             if t == end and carry is not None:
                 kept = set(labels[t].tolist())
                 for j, obj in enumerate(obj_ids):
                     if int(obj) not in kept and bool(tracked[j].any()):
                         carry[int(obj)] = tracked[j].clone()
-            if missed >= patience or t >= end:
+            # A pass whose every object turned out to be a known one has nothing left to find.
+            if missed >= patience or t >= end or len(known) == len(obj_ids):
                 break
 
 

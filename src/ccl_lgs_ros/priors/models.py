@@ -581,6 +581,7 @@ class RealPriorsBackend:
                 reseed=self.cfg.reseed,
                 max_objects_per_pass=self.cfg.association_max_objects,
                 window=self.cfg.association_window,
+                overlap=self.cfg.association_overlap,
                 patience=self.cfg.association_patience,
                 budget=self.cfg.association_budget,
                 autocast=self.precision,

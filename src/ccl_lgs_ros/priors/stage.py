@@ -32,6 +32,7 @@ ASSOCIATION_KEYS = (
     "reseed",
     "association_max_objects",
     "association_window",
+    "association_overlap",
     "association_patience",
     "association_budget",
     "sam2_image_size",
