@@ -111,12 +111,16 @@ class _OracleTracker:
 
     def reset_state(self, state):  # noqa: ANN001
         state["objs"].clear()
+        state["cond"] = set()
 
     def add_new_mask(self, state, frame_idx, obj_id, mask):  # noqa: ANN001
         inst = np.bincount(self.gt[frame_idx][mask.numpy()]).argmax()
         state["objs"][obj_id] = inst
+        state.setdefault("cond", set()).add(frame_idx)
 
     def propagate_in_video(self, state, start_frame_idx=0):  # noqa: ANN001
+        # sam2's legacy predictor in fp32 fails when a pass starts before every conditioning frame.
+        assert min(state["cond"]) <= start_frame_idx, "a pass must not start before all of its seeds"
         self.passes += 1
         ids = list(state["objs"])
         for t in range(start_frame_idx, len(self.gt)):
@@ -210,6 +214,7 @@ class _BlindTracker(_OracleTracker):
 
     def add_new_mask(self, state, frame_idx, obj_id, mask):  # noqa: ANN001
         state["objs"][obj_id] = -1
+        state.setdefault("cond", set()).add(frame_idx)
 
     def propagate_in_video(self, state, start_frame_idx=0):  # noqa: ANN001
         self.passes += 1

@@ -223,8 +223,8 @@ def associate_masks(
     The video is cut into windows of ``window`` frames; consecutive windows share ``overlap``
     frames. Per window:
 
-    1. **Carry pass** (from the window's first frame; seeds may lie in later overlap frames, as
-       SAM 2 conditions on any frame): every object labelled in the overlap with
+    1. **Carry pass** (from the window's first frame, or its earliest seed frame; seeds may lie in
+       later overlap frames, as SAM 2 conditions on any frame): every object labelled in the overlap with
        the previous window is seeded with its mask in the latest overlap frame where it has one
        (an object tracked to the previous window's last frame without an own mask there is seeded
        with its tracked mask), so an object keeps its label across the boundary even when SAM or
@@ -319,17 +319,22 @@ def associate_masks(
             for obj in np.unique(lab[mask_ids])
         ]
 
-    def run(start: int, seeds: list[_Seed], end: int, allowance: int, carry: dict | None) -> bool:
-        """Track ``seeds`` from ``start`` to ``end`` in chunks; False when the allowance refused a chunk."""
-        if not seeds or start >= n - 1:
-            return True  # nothing to seed, or nothing after the seed frame to track into
+    def run(seeds: list[_Seed], end: int, allowance: int, carry: dict | None) -> bool:
+        """Track ``seeds`` to ``end`` in chunks; False when the allowance refused a chunk.
+
+        A chunk's pass starts at its earliest seed frame: sam2 (legacy predictor, fp32) cannot
+        start from a frame before every conditioning frame (its memory would hold no object pointer).
+        """
         for chunk_start in range(0, len(seeds), max_objects_per_pass):
+            chunk = seeds[chunk_start : chunk_start + max_objects_per_pass]
+            start = min(seed.pos for seed in chunk)
+            if start >= n - 1:
+                continue  # nothing after the seed frame to track into
             if stats.budget and stats.frames_tracked >= allowance:
                 stats.untracked_objects += len(seeds) - chunk_start
                 return False
             if chunk_start == 0:
                 stats.seed_frames.append(name(start))
-            chunk = seeds[chunk_start : chunk_start + max_objects_per_pass]
             _track_pass(
                 predictor, state, id_maps, labels, start, chunk, end, iou_thresh, patience, autocast, device,
                 stats, limit=stats.budget, carry=carry, same=same,
@@ -356,7 +361,7 @@ def associate_masks(
         carry = {}
         new = fresh(a, np.flatnonzero(labels[a] < 0)) if (reseed or a == 0) else np.zeros(0, np.int64)
         seeds = sorted(latest.values(), key=lambda s: -s.pos) + own_seeds(a, new)
-        if not run(a, seeds, end, allowance, None if last_window else carry):
+        if not run(seeds, end, allowance, None if last_window else carry):
             refused.append(a)
         # 2. re-seed passes up to the next window's overlap
         last_seed = end if last_window else starts[w_index + 1] - 1
@@ -364,7 +369,7 @@ def associate_masks(
             if not reseed:
                 break
             new = fresh(pos, np.flatnonzero(labels[pos] < 0))
-            if len(new) and not run(pos, own_seeds(pos, new), end, allowance, None if last_window else carry):
+            if len(new) and not run(own_seeds(pos, new), end, allowance, None if last_window else carry):
                 refused.append(pos)  # the new labels stand untracked: objects of their own
         prev_end = end
     if reseed:
