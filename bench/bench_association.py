@@ -224,7 +224,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["cost"]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     n = [r["frames"] for r in rows]
     for lv in LEVELS:
         ax[0].plot(n, [r["propagated_per_frame"][lv] for r in rows], "o-", label=f"windows + cap, level {lv}")
@@ -240,6 +240,15 @@ def plot(result: dict, path: Path) -> None:
         ax[1].plot(n, [r[key] for r in rows], "o-", label=label)
     ax[1].set(xlabel="frames", ylabel="seconds per frame (CPU, loaded)", title="per-stage time, reduced models")
     ax[1].legend(fontsize=7)
+    quality = result.get("quality", [])
+    names = [f"{q['frames']}f s{q['seed']} m{q['miss']:g} {q['level']}" for q in quality]
+    x = np.arange(len(quality))
+    for off, key, label in ((-0.2, "v1", "before issue 22"), (0.2, "current", "overlapping windows + cap")):
+        ax[2].bar(x + off, [q[key]["consistency"] for q in quality], 0.4, label=label)
+    ax[2].set_xticks(x, names, rotation=90, fontsize=6)
+    ax[2].set(ylabel="consistency", ylim=(0.4, 1.05),
+              title="labels on simulator masks (frames, seed, miss, level)")
+    ax[2].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
