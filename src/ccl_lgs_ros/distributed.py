@@ -4,7 +4,8 @@ One entry point for 1..N processes. ``ccl-lgs train`` alone is one process and n
 torch.distributed. Under ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` ...)
 :func:`init_from_env` joins the process group: NCCL on CUDA (each rank on ``cuda:LOCAL_RANK``),
 gloo on CPU. ``--nproc N`` / ``distributed.nproc`` without torchrun makes :func:`launch` start
-torchrun itself (``python -m torch.distributed.run``) with this same command line.
+torchrun itself with this same command line (on one machine through
+:mod:`ccl_lgs_ros.torchrun_loopback`, so its rendezvous store listens on loopback only).
 
 What each stage does with the ranks (the hooks live in the stages, the machinery here):
 
@@ -385,18 +386,23 @@ def launcher_argv(nproc: int, nnodes: int, rdzv_endpoint: str, rdzv_id: str, mod
                   master_port: int | None = None) -> list[str]:  # fmt: skip
     """``python -m torch.distributed.run ... -m ccl_lgs_ros <module_argv>``.
 
-    One machine (no ``rdzv_endpoint``): static rendezvous on 127.0.0.1 at a free port. Several
-    machines: c10d rendezvous at ``rdzv_endpoint`` (the same command on every machine).
+    One machine (no ``rdzv_endpoint``): torchrun through :mod:`ccl_lgs_ros.torchrun_loopback`,
+    whose static rendezvous store listens on 127.0.0.1 only (torchrun's own listens on every
+    interface), at a free port. Several machines: torchrun's c10d rendezvous at ``rdzv_endpoint``
+    (the same command on every machine).
     """
-    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--max-restarts=0"]
+    common = [f"--nproc-per-node={nproc}", "--max-restarts=0"]
     if rdzv_endpoint:
-        argv += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}",
-                 f"--rdzv-id={rdzv_id}"]  # fmt: skip
+        argv = [sys.executable, "-m", "torch.distributed.run", *common, f"--nnodes={nnodes}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={rdzv_id}"]  # fmt: skip
     elif nnodes > 1:
         raise ValueError("distributed.nnodes > 1 needs distributed.rdzv_endpoint (HOST:PORT of the rendezvous)")
     else:
-        argv += ["--nnodes=1", "--master-addr=127.0.0.1", f"--master-port={master_port or free_port()}",
-                 "--local-addr=127.0.0.1"]  # fmt: skip
+        from .torchrun_loopback import BACKEND
+
+        argv = [sys.executable, "-m", "ccl_lgs_ros.torchrun_loopback", *common, "--nnodes=1",
+                f"--rdzv-backend={BACKEND}", f"--rdzv-endpoint=127.0.0.1:{master_port or free_port()}",
+                f"--rdzv-id={rdzv_id}", "--local-addr=127.0.0.1"]  # fmt: skip
     return [*argv, "-m", "ccl_lgs_ros", *module_argv]
 
 

@@ -8,6 +8,7 @@ same synthetic scene.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from ccl_lgs_ros import distributed as D
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).parent / "helpers" / "dist_worker.py"
+WORKER_LISTEN = Path(__file__).parent / "helpers" / "dist_listen_worker.py"
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -42,9 +44,55 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _torchrun(*args: str, nproc: int = 2, port: int | None = None) -> list[str]:
+    """One machine, as ``ccl-lgs train --nproc`` starts it (store on loopback), running ``args``."""
+    argv = D.launcher_argv(nproc, 1, "", "test", [], master_port=port)
+    assert argv[-2:] == ["-m", "ccl_lgs_ros"]
+    return [*argv[:-2], *args]
+
+
+def _plain_torchrun(*args: str, nproc: int = 2) -> list[str]:
+    """torchrun's own static rendezvous (its store listens on every interface)."""
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
-            "--master-addr=127.0.0.1", f"--master-port={port or D.free_port()}", "--local-addr=127.0.0.1",
+            "--master-addr=127.0.0.1", f"--master-port={D.free_port()}", "--local-addr=127.0.0.1",
             "--max-restarts=0", *args]  # fmt: skip
+
+
+def _listening_addresses(cmd: list[str], out: Path, nproc: int = 2) -> set[str]:
+    """Start ``cmd`` (ranks of helpers/dist_listen_worker.py), and once every rank has joined
+    and all-reduced, the local addresses of every listening TCP socket of the launcher and its
+    children, from the kernel's socket table (psutil)."""
+    import psutil
+
+    out.mkdir()
+    proc = subprocess.Popen([*cmd, str(WORKER_LISTEN), str(out)], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("ready_*"))) < nproc:
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the ranks did not join"
+            time.sleep(0.1)
+        addrs: set[str] = set()
+        root = psutil.Process(proc.pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                addrs |= {c.laddr.ip for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+    finally:
+        (out / "done").write_text("")
+        log = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, log[-3000:]
+    return addrs
+
+
+def test_one_machine_run_listens_on_loopback_only(tmp_path):
+    """``ccl-lgs train --nproc N`` on one machine: every socket the launcher and the ranks listen
+    on is a loopback one. torchrun's own static store (control) listens on every interface."""
+    import ipaddress
+
+    ours = _listening_addresses(_torchrun(), tmp_path / "ours")
+    assert ours and all(ipaddress.ip_address(a).is_loopback for a in ours), ours
+    plain = _listening_addresses(_plain_torchrun(), tmp_path / "plain")
+    assert any(not ipaddress.ip_address(a).is_loopback for a in plain), plain  # the check can fail
 
 
 # ------------------------------------------------------------------------------ fast checks
@@ -75,8 +123,9 @@ def test_backend_and_devices():
 
 def test_launcher_is_loopback_only_on_one_machine():
     argv = D.launcher_argv(2, 1, "", "job", ["train", "a", "b"], master_port=29999)
-    assert argv[1:3] == ["-m", "torch.distributed.run"]
-    assert "--nproc-per-node=2" in argv and "--master-addr=127.0.0.1" in argv and "--local-addr=127.0.0.1" in argv
+    assert argv[1:3] == ["-m", "ccl_lgs_ros.torchrun_loopback"]
+    assert "--nproc-per-node=2" in argv and "--rdzv-backend=ccl-lgs-loopback" in argv
+    assert "--rdzv-endpoint=127.0.0.1:29999" in argv and "--local-addr=127.0.0.1" in argv
     assert argv[-5:] == ["-m", "ccl_lgs_ros", "train", "a", "b"]
     addrs = [a for a in argv if re.search(r"\d+\.\d+\.\d+\.\d+", a)]
     assert all("127.0.0.1" in a for a in addrs)
