@@ -9,6 +9,20 @@ two patterns:
 - ``sequential``: each client calls, waits for the answer, calls again (20 requests in flight);
 - ``burst``: each client sends all its calls at once, then waits (1,000 requests in flight).
 
+Each client process is written as a careful rclpy client would be: one node (without parameter
+services), one executor made once (``--client-executor``: rclpy's C++ ``EventsExecutor`` by
+default, a ``SingleThreadedExecutor`` where rclpy has none, e.g. Humble, or on request), and
+``spin_until_future_complete`` on that executor per call. With Fast DDS every client of a service
+receives every reply (each client drops those not meant for it), so under 20 clients a Python
+``SingleThreadedExecutor`` wakes and runs its Python wait-set loop for the 19 foreign replies too:
+measured 16 ms of client CPU per call against about 3 ms with the EventsExecutor (README).
+
+CPU per call (``cpu_breakdown`` in the JSON): the node's utime + stime (``/proc/<pid>``), every
+client's ``time.process_time()`` over its calls, both split by thread name (Python / Fast DDS's
+``dds.shm`` / ``dds.ev`` / ``dds.udp`` threads), the whole machine's busy time (``/proc/stat``),
+and the reply's size and (de)serialization time. ``--profile PY_SPY`` also samples the node and
+client 0 with py-spy during the sequential pattern.
+
 Every request ends as one of: answered (success true), refused busy (success false, "busy":
 ``node.max_queries_in_flight`` reached), failed (success false, another reason) or timed out (no
 answer within ``--timeout`` s: a silent drop). Reports p50 / p95 of the round trip of the
@@ -44,6 +58,20 @@ PATTERNS = ("sequential", "burst")
 
 
 # ----------------------------------------------------------------------------- one client process
+def make_executor(kind: str):  # noqa: ANN201 - an rclpy Executor
+    """The client's one executor: rclpy's EventsExecutor (C++, rclpy >= 7.1 "experimental") or a
+    SingleThreadedExecutor (every rclpy; Humble has no EventsExecutor)."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    if kind == "events":
+        try:
+            from rclpy.experimental import EventsExecutor
+        except ImportError:  # Humble: no EventsExecutor
+            return SingleThreadedExecutor(), "single (no rclpy.experimental.EventsExecutor)"
+        return EventsExecutor(), "events"
+    return SingleThreadedExecutor(), "single"
+
+
 def client_main(args: argparse.Namespace) -> int:
     """A client process: wait for the go file, make the calls, write one JSON record per call."""
     import rclpy
@@ -51,22 +79,26 @@ def client_main(args: argparse.Namespace) -> int:
     from rclpy.qos import QoSProfile
 
     rclpy.init()
-    node = rclpy.create_node(f"load_client_{args.client}")
+    node = rclpy.create_node(f"load_client_{args.client}", start_parameter_services=False)
     # With Fast DDS a client's reply reader may hold replies meant for other clients too: a queue
     # deeper than the requests in flight keeps its own from being pushed out (README).
     cli = node.create_client(SemanticQuery, "/semantic_query", qos_profile=QoSProfile(depth=args.client_depth))
+    executor, executor_kind = make_executor(args.client_executor)
+    executor.add_node(node)
     if not cli.wait_for_service(timeout_sec=120):
         print(f"client {args.client}: no service", file=sys.stderr)
         return 1
     # wait_for_service sees the request topic; let discovery match the reply reader as well.
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.1)
+        executor.spin_once(timeout_sec=0.1)
     Path(args.ready).write_text("ready")
     while not Path(args.go).exists():
-        rclpy.spin_once(node, timeout_sec=0.05)
+        executor.spin_once(timeout_sec=0.05)
     labels = args.labels
     records: list[dict] = []
+    cpu0 = time.process_time()  # this process, all threads (rclpy, DDS)
+    threads0 = thread_cpu_s()
 
     def record(fut, t0: float, t_end: float | None) -> None:  # noqa: ANN001 - an rclpy Future
         if t_end is None or not fut.done() or fut.result() is None:
@@ -82,31 +114,126 @@ def client_main(args: argparse.Namespace) -> int:
         records.append({"outcome": outcome, "ms": (t_end - t0) * 1e3, "node_ms": float(res.query_time_ms),
                         "message": "" if res.success else res.message[:200]})
 
+    def call(i: int) -> tuple:
+        t0 = time.perf_counter()
+        return cli.call_async(SemanticQuery.Request(query=labels[(args.client + i) % len(labels)])), t0
+
     if args.pattern == "sequential":
         for i in range(args.calls):
-            t0 = time.perf_counter()
-            fut = cli.call_async(SemanticQuery.Request(query=labels[(args.client + i) % len(labels)]))
-            rclpy.spin_until_future_complete(node, fut, timeout_sec=args.timeout)
+            fut, t0 = call(i)
+            executor.spin_until_future_complete(fut, timeout_sec=args.timeout)
             record(fut, t0, time.perf_counter() if fut.done() else None)
     else:
-        sent = []
+        sent = [call(i) for i in range(args.calls)]
         done_at: dict[int, float] = {}
-        for i in range(args.calls):
-            fut = cli.call_async(SemanticQuery.Request(query=labels[(args.client + i) % len(labels)]))
-            sent.append((fut, time.perf_counter()))
+        # Each answer's arrival time: taken when its future is seen done, after every executor wake.
         deadline = time.monotonic() + args.timeout
         while len(done_at) < len(sent) and time.monotonic() < deadline:
-            rclpy.spin_once(node, timeout_sec=0.05)
+            executor.spin_once(timeout_sec=0.05)
             now = time.perf_counter()
             for k, (fut, _) in enumerate(sent):
                 if k not in done_at and fut.done():
                     done_at[k] = now
         for k, (fut, t0) in enumerate(sent):
             record(fut, t0, done_at.get(k))
-    Path(args.result).write_text(json.dumps(records))
+    cpu_s = time.process_time() - cpu0
+    threads = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu_s().items()}
+    reply = _reply_cost(cli, executor, labels[args.client % len(labels)], args.timeout) if args.client == 0 else None
+    Path(args.result).write_text(json.dumps({"records": records, "cpu_s": cpu_s, "threads": threads, "reply": reply,
+                                             "executor": executor_kind}))
+    executor.shutdown()
     node.destroy_node()
     rclpy.try_shutdown()
     return 0
+
+
+def _reply_cost(cli, executor, label: str, timeout: float) -> dict | None:  # noqa: ANN001 - rclpy objects
+    """One more call (after the timed ones): the reply's serialized size and the CPU time of its
+    (de)serialization in this Python process (rclpy.serialization, the same C conversion rclpy does
+    for every request and reply)."""
+    from ccl_lgs_interfaces.srv import SemanticQuery
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    req = SemanticQuery.Request(query=label)
+    fut = cli.call_async(req)
+    executor.spin_until_future_complete(fut, timeout_sec=timeout)
+    res = fut.result() if fut.done() else None
+    if res is None:
+        return None
+    reps = 200
+    t = time.process_time()
+    for _ in range(reps):
+        blob = serialize_message(res)
+    ser_ms = (time.process_time() - t) / reps * 1e3
+    t = time.process_time()
+    for _ in range(reps):
+        deserialize_message(blob, SemanticQuery.Response)
+    de_ms = (time.process_time() - t) / reps * 1e3
+    return {"query": label, "reply_bytes": len(blob), "request_bytes": len(serialize_message(req)),
+            "instances": len(res.instances), "cloud_points": int(res.cloud.width) * int(res.cloud.height),
+            "instance_points": int(sum(int(i.points.width) * int(i.points.height) for i in res.instances)),
+            "serialize_reply_ms": ser_ms, "deserialize_reply_ms": de_ms}
+
+
+def _profile_summary(raw: Path, top: int = 15) -> dict:
+    """py-spy's raw samples (one line per stack: frames separated by ';', then a count) -> the
+    share of samples per function, by self time (innermost frame) and inclusive (anywhere in the
+    stack); idle threads are not sampled (py-spy without --idle), so shares are of busy time."""
+    self_n: dict[str, int] = {}
+    incl_n: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f.strip() for f in stack.split(";")]  # "func (path/file.py:line)", outermost first
+        names = [f.split(" (", 1)[0] + " (" + f.rsplit("/", 1)[-1].split("(")[-1].split(":")[0] + ")"
+                 if " (" in f else f for f in frames]
+        if names:
+            self_n[names[-1]] = self_n.get(names[-1], 0) + n
+        for name in set(names):
+            incl_n[name] = incl_n.get(name, 0) + n
+
+    def share(d: dict[str, int]) -> list[list]:
+        return [[k, round(v / total, 4)] for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"samples": total, "self": share(self_n), "inclusive": share(incl_n)} if total else {"samples": 0}
+
+
+def thread_cpu_s(pid: int | str = "self") -> dict[str, float]:
+    """CPU seconds (utime + stime) per thread name of a process so far, from /proc/<pid>/task
+    (rclpy's executor threads, Fast DDS's receive / event threads, ...)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        name = name.rstrip("0123456789.") or name  # "dds.udp.7411" / "dds.shm.2" -> one entry per kind
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _per_call(by_thread: dict[str, float], calls: int) -> dict[str, float]:
+    return {k: round(v / calls * 1e3, 3) for k, v in sorted(by_thread.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads) in seconds, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all processes on the machine spent busy so far (/proc/stat, every CPU)."""
+    vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    return (sum(vals[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -151,7 +278,9 @@ def summarise(records: list[dict]) -> dict:
     return out
 
 
-def run_pattern(pattern: str, args: argparse.Namespace, env: dict[str, str], base: Path, labels: list[str]) -> dict:
+def run_pattern(
+    pattern: str, args: argparse.Namespace, env: dict[str, str], base: Path, labels: list[str], node_pid: int
+) -> dict:
     work = base / f"clients_{pattern}"
     work.mkdir(parents=True, exist_ok=True)
     for f in work.iterdir():
@@ -162,6 +291,7 @@ def run_pattern(pattern: str, args: argparse.Namespace, env: dict[str, str], bas
         cmd = [
             sys.executable, str(Path(__file__).resolve()), "--client", str(c), "--pattern", pattern,
             "--calls", str(args.calls), "--timeout", str(args.timeout), "--client-depth", str(args.client_depth),
+            "--client-executor", args.client_executor,
             "--ready", str(work / f"ready_{c}"), "--go", str(go), "--result", str(work / f"result_{c}.json"),
             "--labels", *labels,
         ]
@@ -176,9 +306,22 @@ def run_pattern(pattern: str, args: argparse.Namespace, env: dict[str, str], bas
             break
         time.sleep(0.1)
     load = os.getloadavg()
+    spies = []
+    if args.profile and pattern == "sequential":  # sampled while the calls run: the node and client 0
+        for who, pid in (("node", node_pid), ("client0", procs[0][0].pid)):
+            raw = base / f"pyspy_{who}.txt"
+            cmd = [args.profile, "record", "--pid", str(pid), "--rate", "200", "--nonblocking", "--format", "raw",
+                   "--output", str(raw)] + (["--native"] if args.profile_native else [])
+            spies.append((who, raw, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+        time.sleep(1.0)
+    node_cpu0, busy0, node_threads0 = _proc_cpu_s(node_pid), _machine_busy_s(), thread_cpu_s(node_pid)
     t0 = time.perf_counter()
     go.write_text("go")
     records: list[dict] = []
+    client_cpu: list[float] = []
+    client_threads: dict[str, float] = {}
+    executors: set[str] = set()
+    reply = None
     for c, (p, log) in enumerate(procs):
         try:
             p.wait(timeout=args.timeout * (args.calls if pattern == "sequential" else 1) + 120)
@@ -187,11 +330,47 @@ def run_pattern(pattern: str, args: argparse.Namespace, env: dict[str, str], bas
         log.close()
         result = work / f"result_{c}.json"
         if result.is_file():
-            records += json.loads(result.read_text())
+            data = json.loads(result.read_text())
+            records += data["records"]
+            client_cpu.append(float(data["cpu_s"]))
+            for k, v in data["threads"].items():
+                client_threads[k] = client_threads.get(k, 0.0) + v
+            reply = reply or data["reply"]
+            executors.add(data["executor"])
         else:  # a client that died: its calls count as timed out (nothing came back)
             records += [{"outcome": "timed_out", "ms": None}] * args.calls
+    wall = time.perf_counter() - t0
+    node_cpu, busy = _proc_cpu_s(node_pid) - node_cpu0, _machine_busy_s() - busy0
+    node_threads = {k: v - node_threads0.get(k, 0.0) for k, v in thread_cpu_s(node_pid).items()}
+    profiles = {}
+    for who, raw, spy in spies:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
+        try:
+            spy.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+        profiles[who] = _profile_summary(raw) if raw.is_file() else None
     summary = summarise(records)
-    summary.update(wall_s=time.perf_counter() - t0, loadavg_at_go=load,
+    calls = max(1, len(records))
+    clients_cpu = float(sum(client_cpu))
+    summary["cpu_breakdown"] = {
+        "note": "CPU seconds during the pattern (go -> every client done); per call = / requests. clients: "
+                "time.process_time() of each client process over its calls (its last extra call for the reply "
+                "size is not counted); node: utime+stime of the node process from /proc; machine: every "
+                "process on the machine (/proc/stat), so machine - node - clients is everything else "
+                "(the bench's own waiting, other users of the machine)",
+        "node_cpu_s": node_cpu, "clients_cpu_s": clients_cpu, "machine_busy_cpu_s": busy,
+        "node_ms_per_call": node_cpu / calls * 1e3, "clients_ms_per_call": clients_cpu / calls * 1e3,
+        "machine_ms_per_call": busy / calls * 1e3,
+        "other_ms_per_call": (busy - node_cpu - clients_cpu) / calls * 1e3,
+        "cpu_utilisation_of_all_cores": busy / (wall * (os.cpu_count() or 1)),
+        "node_ms_per_call_by_thread": _per_call(node_threads, calls),
+        "clients_ms_per_call_by_thread": _per_call(client_threads, calls),
+        "reply": reply,
+    }
+    if profiles:
+        summary["cpu_breakdown"]["profiles"] = profiles
+    summary.update(wall_s=wall, loadavg_at_go=load, client_executor=sorted(executors),
                    latencies_ms=[r["ms"] for r in records if r["outcome"] == "answered"])
     return summary
 
@@ -203,7 +382,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for pattern in PATTERNS:
+    for pattern in result["patterns"]:
         r = result["patterns"][pattern]
         ms = np.sort(np.array(r["latencies_ms"], dtype=float))
         if ms.size:
@@ -215,10 +394,11 @@ def plot(result: dict, path: Path) -> None:
     axes[0].set_ylabel("fraction of calls")
     axes[0].legend(fontsize=8)
     kinds = ("answered", "busy", "failed", "timed_out")
-    x = np.arange(len(PATTERNS))
+    done = list(result["patterns"])
+    x = np.arange(len(done))
     for k, kind in enumerate(kinds):
-        axes[1].bar(x + (k - 1.5) * 0.2, [result["patterns"][p][kind] for p in PATTERNS], 0.2, label=kind)
-    axes[1].set_xticks(x, PATTERNS)
+        axes[1].bar(x + (k - 1.5) * 0.2, [result["patterns"][p][kind] for p in done], 0.2, label=kind)
+    axes[1].set_xticks(x, done)
     axes[1].set_ylabel(f"requests (of {result['clients'] * result['calls_per_client']})")
     axes[1].legend(fontsize=8)
     m = result["machine"]
@@ -241,6 +421,12 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "service_load")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ccl_lgs_service_load",
                    help="scene (kept for the next run) and the clients' files")
+    p.add_argument("--client-executor", choices=("events", "single"), default="events",
+                   help="each client's one executor: rclpy's EventsExecutor (default; falls back to single "
+                        "where rclpy has none) or a SingleThreadedExecutor")
+    p.add_argument("--profile", default=None, metavar="PY_SPY",
+                   help="path of a py-spy binary: sample the node and client 0 during the sequential pattern")
+    p.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames too)")
     # client-process mode (internal)
     p.add_argument("--client", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--pattern", choices=PATTERNS, help=argparse.SUPPRESS)
@@ -300,13 +486,17 @@ def main() -> int:
             "targets": {"burst_timed_out": 0, "sequential_answered_p95_ms": 100.0},
         }
         for pattern in args.patterns:
-            r = run_pattern(pattern, args, env, work, labels)
+            r = run_pattern(pattern, args, env, work, labels, node.pid)
             result["patterns"][pattern] = r
             a = r["answered_ms"] or {"p50": float("nan"), "p95": float("nan")}
             print(f"{pattern}: {r['requests']} requests: answered {r['answered']}, busy {r['busy']}, "
                   f"failed {r['failed']}, timed out {r['timed_out']}; answered p50 {a['p50']:.1f} ms, "
                   f"p95 {a['p95']:.1f} ms; node query p50 {r['node_query_ms_p50']} ms; {r['wall_s']:.1f} s",
                   flush=True)
+            cb = r["cpu_breakdown"]
+            print(f"  CPU per call: node {cb['node_ms_per_call']:.2f} ms, clients {cb['clients_ms_per_call']:.2f} ms, "
+                  f"other {cb['other_ms_per_call']:.2f} ms (machine {cb['machine_ms_per_call']:.2f} ms); reply "
+                  f"{cb['reply']}", flush=True)
         result["machine"] = {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
