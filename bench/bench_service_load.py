@@ -85,6 +85,15 @@ def client_main(args: argparse.Namespace) -> int:
     cli = node.create_client(SemanticQuery, "/semantic_query", qos_profile=QoSProfile(depth=args.client_depth))
     executor, executor_kind = make_executor(args.client_executor)
     executor.add_node(node)
+    wakes = [0]
+    if hasattr(executor, "wait_for_ready_callbacks"):  # a Python executor: count its wakes (one per handler)
+        inner = executor.wait_for_ready_callbacks
+
+        def counted(*a, **kw):  # noqa: ANN002, ANN003, ANN202 - passes through
+            wakes[0] += 1
+            return inner(*a, **kw)
+
+        executor.wait_for_ready_callbacks = counted
     if not cli.wait_for_service(timeout_sec=120):
         print(f"client {args.client}: no service", file=sys.stderr)
         return 1
@@ -99,6 +108,7 @@ def client_main(args: argparse.Namespace) -> int:
     records: list[dict] = []
     cpu0 = time.process_time()  # this process, all threads (rclpy, DDS)
     threads0 = thread_cpu_s()
+    wakes0 = wakes[0]
 
     def record(fut, t0: float, t_end: float | None) -> None:  # noqa: ANN001 - an rclpy Future
         if t_end is None or not fut.done() or fut.result() is None:
@@ -137,10 +147,11 @@ def client_main(args: argparse.Namespace) -> int:
         for k, (fut, t0) in enumerate(sent):
             record(fut, t0, done_at.get(k))
     cpu_s = time.process_time() - cpu0
+    executor_wakes = wakes[0] - wakes0 if hasattr(executor, "wait_for_ready_callbacks") else None
     threads = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu_s().items()}
     reply = _reply_cost(cli, executor, labels[args.client % len(labels)], args.timeout) if args.client == 0 else None
     Path(args.result).write_text(json.dumps({"records": records, "cpu_s": cpu_s, "threads": threads, "reply": reply,
-                                             "executor": executor_kind}))
+                                             "executor": executor_kind, "executor_wakes": executor_wakes}))
     executor.shutdown()
     node.destroy_node()
     rclpy.try_shutdown()
@@ -321,6 +332,7 @@ def run_pattern(
     client_cpu: list[float] = []
     client_threads: dict[str, float] = {}
     executors: set[str] = set()
+    wakes: list[int] = []
     reply = None
     for c, (p, log) in enumerate(procs):
         try:
@@ -337,6 +349,8 @@ def run_pattern(
                 client_threads[k] = client_threads.get(k, 0.0) + v
             reply = reply or data["reply"]
             executors.add(data["executor"])
+            if data.get("executor_wakes") is not None:
+                wakes.append(int(data["executor_wakes"]))
         else:  # a client that died: its calls count as timed out (nothing came back)
             records += [{"outcome": "timed_out", "ms": None}] * args.calls
     wall = time.perf_counter() - t0
@@ -367,6 +381,7 @@ def run_pattern(
         "node_ms_per_call_by_thread": _per_call(node_threads, calls),
         "clients_ms_per_call_by_thread": _per_call(client_threads, calls),
         "reply": reply,
+        "python_executor_wakes_per_call": sum(wakes) / calls if wakes else None,
     }
     if profiles:
         summary["cpu_breakdown"]["profiles"] = profiles
