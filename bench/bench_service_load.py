@@ -230,6 +230,45 @@ def thread_cpu_s(pid: int | str = "self") -> dict[str, float]:
     return out
 
 
+def node_work(scene_dir: Path, labels: list[str], allowed: list[str], reps: int = 200) -> dict:
+    """CPU time (ms, ``time.process_time`` in this one thread, no other load from the bench) of the
+    steps the node's service callback runs per call, in this process on the same scene: the engine
+    query, the reply message (``fill_query_response``), the RViz markers, and the reply's
+    serialization (what rclpy does in C before handing it to DDS). The node's CPU per call beyond
+    their sum is its executor, the DDS send to every client's reader and threads waiting on each other."""
+    from ccl_lgs_interfaces.srv import SemanticQuery
+    from rclpy.serialization import serialize_message
+
+    from ccl_lgs_ros.config import Config
+    from ccl_lgs_ros.ros import conversions as conv
+    from ccl_lgs_ros.scene.load import load_scene
+
+    cfg = Config()
+    scene = load_scene(scene_dir, device="cpu", query_cfg=cfg.query, allowed_dirs=allowed)
+    header = conv.make_header(scene.frame_id)
+    results = [scene.engine.query(label) for label in labels]  # warm the caches, as the node's are
+    replies = [conv.fill_query_response(SemanticQuery.Response(), r, header) for r in results]
+    for reply in replies:  # first calls import message types and type support
+        conv.instances_to_markers(reply.instances, header)
+        serialize_message(reply)
+
+    def per_call(fn) -> float:  # noqa: ANN001 - a callable of the call index
+        t = time.process_time()
+        for i in range(reps):
+            fn(i % len(labels))
+        return (time.process_time() - t) / reps * 1e3
+
+    steps = {
+        "engine_query_ms": per_call(lambda i: scene.engine.query(labels[i])),
+        "fill_query_response_ms": per_call(lambda i: conv.fill_query_response(SemanticQuery.Response(), results[i],
+                                                                               header)),
+        "instances_to_markers_ms": per_call(lambda i: conv.instances_to_markers(replies[i].instances, header)),
+        "serialize_reply_ms": per_call(lambda i: serialize_message(replies[i])),
+    }
+    steps["sum_ms"] = sum(steps.values())
+    return {"note": node_work.__doc__.split("\n\n")[0].replace("\n    ", " "), "labels": labels, **steps}
+
+
 def _per_call(by_thread: dict[str, float], calls: int) -> dict[str, float]:
     return {k: round(v / calls * 1e3, 3) for k, v in sorted(by_thread.items(), key=lambda kv: -kv[1]) if v > 0}
 
@@ -476,6 +515,9 @@ def main() -> int:
     from ccl_lgs_ros.config import Config, load_config
 
     ncfg = load_config(pfile).node
+    work_steps = node_work(scene, labels, [str(work)])  # before the node starts: nothing else runs
+    print("node's steps per call, in one thread:", {k: round(v, 3) for k, v in work_steps.items()
+                                                     if k.endswith("_ms")}, flush=True)
     log = open(out / "node.log", "wb")  # noqa: SIM115 - closed below
     node = subprocess.Popen(
         [sys.executable, "-m", "ccl_lgs_ros.ros.mapping_node", "--ros-args", "--params-file", str(pfile)],
@@ -497,6 +539,7 @@ def main() -> int:
             "node": {"max_queries_in_flight": ncfg.max_queries_in_flight, "query_queue_depth": ncfg.query_queue_depth,
                      "defaults": ncfg.max_queries_in_flight == Config().node.max_queries_in_flight},
             "commit": _commit(),
+            "node_steps_cpu_ms": work_steps,
             "patterns": {},
             "targets": {"burst_timed_out": 0, "sequential_answered_p95_ms": 100.0},
         }
