@@ -233,8 +233,8 @@ def thread_cpu_s(pid: int | str = "self") -> dict[str, float]:
 def node_work(scene_dir: Path, labels: list[str], allowed: list[str], reps: int = 200) -> dict:
     """CPU time (ms, ``time.process_time`` in this one thread, no other load from the bench) of the
     steps the node's service callback runs per call, in this process on the same scene: the engine
-    query, the reply message (``fill_query_response``), the RViz markers, and the reply's
-    serialization (what rclpy does in C before handing it to DDS). The node's CPU per call beyond
+    query, the reply message (``fill_query_response``), the RViz markers, the reply's serialization
+    (what rclpy does in C before handing it to DDS) and publishing the two RViz topics. The node's CPU per call beyond
     their sum is its executor, the DDS send to every client's reader and threads waiting on each other."""
     from ccl_lgs_interfaces.srv import SemanticQuery
     from rclpy.serialization import serialize_message
@@ -265,6 +265,26 @@ def node_work(scene_dir: Path, labels: list[str], allowed: list[str], reps: int 
         "instances_to_markers_ms": per_call(lambda i: conv.instances_to_markers(replies[i].instances, header)),
         "serialize_reply_ms": per_call(lambda i: serialize_message(replies[i])),
     }
+    # the two latched RViz topics the node publishes per answer (a DDS participant of its own here,
+    # no subscriber: as in the benchmark's runs)
+    import rclpy
+    from sensor_msgs.msg import PointCloud2
+    from visualization_msgs.msg import MarkerArray
+
+    from ccl_lgs_ros.ros.query_part import LATCHED
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        ros_node = rclpy.create_node("bench_node_work", context=context, start_parameter_services=False)
+        clouds = ros_node.create_publisher(PointCloud2, "~/query_cloud", LATCHED)
+        marks = ros_node.create_publisher(MarkerArray, "~/query_markers", LATCHED)
+        markers = [conv.instances_to_markers(r.instances, header) for r in replies]
+        steps["publish_rviz_topics_ms"] = per_call(lambda i: (clouds.publish(replies[i].cloud),
+                                                               marks.publish(markers[i])))
+        ros_node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
     steps["sum_ms"] = sum(steps.values())
     return {"note": node_work.__doc__.split("\n\n")[0].replace("\n    ", " "), "labels": labels, **steps}
 
