@@ -226,6 +226,8 @@ def thread_cpu_s(pid: int | str = "self") -> dict[str, float]:
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat.rsplit(")", 1)[1].split()
         name = name.rstrip("0123456789.") or name  # "dds.udp.7411" / "dds.shm.2" -> one entry per kind
+        if task.name == str(pid if pid != "self" else os.getpid()):
+            name += " (main thread)"  # the node's: its executor's wait loop; a client's: its executor
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
 

@@ -34,7 +34,13 @@ if want serviceload; then
   # at once (answered / busy / failed / timed out, p50 / p95); in a private network namespace
   echo "== (unshare -n) bench/bench_service_load.py"
   unshare -n sh -c "ip link set lo up && exec $PY bench/bench_service_load.py --clients 20 --calls 50 \
-      --out $R/service_load"; fi
+      --out $R/service_load"
+  # the same clients with a SingleThreadedExecutor (what rclpy.spin_until_future_complete uses), and
+  # one client alone (the node's CPU per call without concurrency)
+  unshare -n sh -c "ip link set lo up && exec $PY bench/bench_service_load.py --clients 20 --calls 50 \
+      --patterns sequential --client-executor single --out $R/service_load_single_executor"
+  unshare -n sh -c "ip link set lo up && exec $PY bench/bench_service_load.py --clients 1 --calls 200 \
+      --patterns sequential --out $R/service_load_one_client"; fi
 if want capture; then
   run bench/bench_capture.py --seconds 4 --rate 30 --formats jpg png --out $R/capture; fi
 if want render; then
