@@ -13,9 +13,12 @@ Each client process is written as a careful rclpy client would be: one node (wit
 services), one executor made once (``--client-executor``: rclpy's C++ ``EventsExecutor`` by
 default, a ``SingleThreadedExecutor`` where rclpy has none, e.g. Humble, or on request), and
 ``spin_until_future_complete`` on that executor per call. With Fast DDS every client of a service
-receives every reply (each client drops those not meant for it), so under 20 clients a Python
-``SingleThreadedExecutor`` wakes and runs its Python wait-set loop for the 19 foreign replies too:
-measured 16 ms of client CPU per call against about 3 ms with the EventsExecutor (README).
+receives every reply (each client drops those not meant for it, ros2/rclcpp#2397). Under 20
+clients a Python ``SingleThreadedExecutor`` keeps waking while the others' replies sit in its
+reader, and runs its Python wait-set loop each time: measured 549 wakes and 20 ms of client CPU
+per call, against 2.7 ms with the EventsExecutor (docs/BENCHMARKS.md). A sequential call's round
+trip ends when ``spin_until_future_complete`` returns; in the burst pattern the client spins its
+executor and notes each answer when it sees its future done.
 
 CPU per call (``cpu_breakdown`` in the JSON): the node's utime + stime (``/proc/<pid>``), every
 client's ``time.process_time()`` over its calls, both split by thread name (Python / Fast DDS's
