@@ -422,6 +422,15 @@ class NodeConfig:
         min=1,
         max=100_000,
     )
+    query_executor: str = _f(
+        "events",
+        "How /semantic_query is served (read at start): 'events' = by a small node of its own "
+        "(<node name>_query) on rclpy's C++ EventsExecutor in one thread, queries one after another "
+        "(a fraction of the CPU per call of the Python executor; falls back to 'threads' where rclpy "
+        "has no EventsExecutor, e.g. Humble); 'threads' = on the mapping node's multi-threaded "
+        "executor, up to max_queries_in_flight at once.",
+        choices=["events", "threads"],
+    )
     max_queries_in_flight: int = _f(
         32,
         "Queries the node works on at once (read at start); a request arriving while this many are "

@@ -177,6 +177,7 @@ class MappingNode(Node):
         if self.capture is not None:
             self.capture.enabled = False
         self.trainer.shutdown()
+        self.server.stop_query_thread(timeout=5.0)
         self.server.wait_idle(timeout=5.0)
         self.server.stop_viewer()
 
@@ -272,6 +273,7 @@ def main(args: list[str] | None = None) -> int:
         node = MappingNode()
         executor = MultiThreadedExecutor(num_threads=SceneServer.executor_threads(node.cfg))
         executor.add_node(node)
+        node.server.start_query_thread()
         signals.spinning = True
         while not signals.stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=SPIN_PERIOD_S)

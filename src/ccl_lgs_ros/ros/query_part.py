@@ -76,6 +76,15 @@ def check_request(req: Any, max_chars: int) -> None:
         raise RequestError(f"clouds is {req.clouds}; use 0 (both), 1 (combined cloud only) or 2 (per instance only)")
 
 
+def events_executor_class() -> Any:
+    """rclpy's EventsExecutor (rclpy.experimental, Jazzy's newer releases and later), or None."""
+    try:
+        from rclpy.experimental import EventsExecutor
+    except ImportError:
+        return None
+    return EventsExecutor
+
+
 class SceneServer:
     """Holds the served scene and answers queries. Owned by the mapping node."""
 
@@ -103,13 +112,63 @@ class SceneServer:
         self._viewer_jobs: Any = None
         if cfg.viewer.serve:
             self._start_viewer()
-        self.srv = node.create_service(
+        # 'events': a node of its own serves the query, on rclpy's C++ events executor in a thread of
+        # its own (start_query_thread); 'threads': the mapping node's multi-threaded executor.
+        self.query_node: Node | None = None
+        self._query_executor: Any = None
+        self._query_thread: threading.Thread | None = None
+        self._query_stop = threading.Event()
+        host = node
+        if cfg.node.query_executor == "events" and events_executor_class() is not None:
+            host = self.query_node = Node(
+                f"{node.get_name()}_query", namespace=node.get_namespace(), start_parameter_services=False
+            )
+        self.srv = host.create_service(
             SemanticQuery,
             "/semantic_query",
             self.serve_query,
-            callback_group=self.group,
+            callback_group=self.group if host is node else None,
             qos_profile=QoSProfile(depth=cfg.node.query_queue_depth, reliability=ReliabilityPolicy.RELIABLE),
         )
+
+    def start_query_thread(self) -> None:
+        """With ``node.query_executor: events``, spin the query node in a thread of its own."""
+        cls = events_executor_class()
+        if self.query_node is None or cls is None or self._query_thread is not None:
+            return
+        self._query_executor = cls(context=self.node.context)
+        self._query_executor.add_node(self.query_node)
+
+        def spin() -> None:
+            while not self._query_stop.is_set():
+                try:
+                    self._query_executor.spin_once(timeout_sec=0.1)
+                except Exception as exc:  # noqa: BLE001 - context shut down under it: stop quietly
+                    if not self._query_stop.is_set():
+                        self.node.get_logger().error(f"/semantic_query executor stopped: {type(exc).__name__}: {exc}")
+                    return
+
+        self._query_thread = threading.Thread(target=spin, name="semantic_query", daemon=True)
+        self._query_thread.start()
+
+    def stop_query_thread(self, timeout: float = 5.0) -> None:
+        """Stop taking queries (the one in progress ends first) and destroy the query node."""
+        self._query_stop.set()
+        if self._query_thread is not None:
+            self._query_thread.join(timeout)
+            self._query_thread = None
+        if self._query_executor is not None:
+            try:
+                self._query_executor.shutdown(timeout_sec=1.0)
+            except Exception:  # noqa: BLE001 - already shut down with the context
+                pass
+            self._query_executor = None
+        if self.query_node is not None:
+            try:
+                self.query_node.destroy_node()
+            except Exception:  # noqa: BLE001 - context already gone
+                pass
+            self.query_node = None
 
     @staticmethod
     def executor_threads(cfg: Config) -> int:
