@@ -561,8 +561,10 @@ def main() -> int:
             "timeout_s": args.timeout,
             "client_qos_depth": args.client_depth,
             "scene": {"path": str(scene), "labels": labels, "gaussians": _gaussians(scene)},
-            "node": {"max_queries_in_flight": ncfg.max_queries_in_flight, "query_queue_depth": ncfg.query_queue_depth,
-                     "defaults": ncfg.max_queries_in_flight == Config().node.max_queries_in_flight},
+            "node": {"query_executor": ncfg.query_executor, "max_queries_in_flight": ncfg.max_queries_in_flight,
+                     "query_queue_depth": ncfg.query_queue_depth, "set": list(args.node_params),
+                     "defaults": all(getattr(ncfg, k) == getattr(Config().node, k)
+                                     for k in ("query_executor", "max_queries_in_flight", "query_queue_depth"))},
             "commit": _commit(),
             "node_steps_cpu_ms": work_steps,
             "patterns": {},
