@@ -40,7 +40,10 @@ if want serviceload; then
   unshare -n sh -c "ip link set lo up && exec $PY bench/bench_service_load.py --clients 20 --calls 50 \
       --patterns sequential --client-executor single --out $R/service_load_single_executor"
   unshare -n sh -c "ip link set lo up && exec $PY bench/bench_service_load.py --clients 1 --calls 200 \
-      --patterns sequential --out $R/service_load_one_client"; fi
+      --patterns sequential --out $R/service_load_one_client"
+  # the node's queries on its Python multi-threaded executor instead of its own EventsExecutor node
+  unshare -n sh -c "ip link set lo up && exec $PY bench/bench_service_load.py --clients 20 --calls 50 \
+      --patterns sequential --set node.query_executor=threads --out $R/service_load_threads"; fi
 if want capture; then
   run bench/bench_capture.py --seconds 4 --rate 30 --formats jpg png --out $R/capture; fi
 if want render; then
