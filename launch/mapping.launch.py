@@ -43,6 +43,7 @@ OVERRIDES = {
     "viewer": ("viewer.serve", "true: serve the browser viewer of the splats (viser) from the node."),
     "viewer_host": ("viewer.host", "Interface the viewer binds (params file default 127.0.0.1, this machine only)."),
     "viewer_port": ("viewer.port", "TCP port of the browser viewer."),
+    "viewer_max_splats": ("viewer.max_splats", "Splats the viewer's page draws at most, the most visible (0 = all)."),
 }
 
 
@@ -57,7 +58,7 @@ def _node(context, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - OpaqueFun
             continue
         if param in ("node.serve_only", "viewer.serve"):
             overrides[param] = value.lower() in TRUE
-        elif param == "viewer.port":
+        elif param in ("viewer.port", "viewer.max_splats"):
             overrides[param] = int(value)
         else:
             overrides[param] = value

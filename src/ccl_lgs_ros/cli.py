@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import PRESETS, Config, ConfigError, load_config, parse_assignments
+from .config import PRESETS, Config, ConfigError, ViewerConfig, load_config, parse_assignments
 from .io import json_text
 
 log = logging.getLogger("ccl_lgs")
@@ -148,7 +148,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_view(args: argparse.Namespace) -> int:
     from .viewer.server import serve
 
-    return serve(args.scene, host=args.host, port=args.port, device=args.device)
+    return serve(args.scene, host=args.host, port=args.port, device=args.device, max_splats=args.max_splats)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "unauthenticated, to the network)")
     p.add_argument("--port", type=int, default=8080, help="TCP port (the next free one when it is taken)")
     p.add_argument("--device", default="cpu", help="device of the text encoder")
+    p.add_argument("--max-splats", type=int, default=ViewerConfig.max_splats,
+                   help="draw at most this many Gaussians, the most visible ones (0 = all; default "
+                        f"{ViewerConfig.max_splats}, viewer.max_splats); an answer's own are always drawn")
     p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("export", help="export a trained scene as 3DGS .ply and a coloured point cloud")

@@ -72,6 +72,22 @@ def test_splat_covariances_are_r_s2_rt():
         np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(c)), np.sort(s**2), rtol=1e-3, atol=1e-9)
 
 
+def test_pack_splats_is_visers_own_buffer_layout(viewer):
+    from ccl_lgs_ros.viewer.server import pack_splats
+
+    rng = np.random.default_rng(1)
+    n = 50
+    centers = rng.normal(size=(n, 3)).astype(np.float32)
+    a = rng.normal(size=(n, 3, 3)) * 0.05
+    covs = (a @ a.transpose(0, 2, 1)).astype(np.float32)
+    rgb = rng.integers(0, 256, (n, 3)).astype(np.uint8)
+    opac = rng.uniform(0, 1, (n, 1)).astype(np.float32)
+    handle = viewer.server.scene.add_gaussian_splats("/test/pack", centers=centers, covariances=covs, rgbs=rgb,
+                                                     opacities=opac)  # viser packs it itself
+    np.testing.assert_array_equal(pack_splats(centers, covs, rgb, opac), handle.buffer)
+    handle.remove()
+
+
 def test_highlight_colors_tint_instances_and_dim_the_rest():
     from ccl_lgs_ros.viewer.highlight import PALETTE
     from ccl_lgs_ros.viewer.server import DIM, TINT, highlight_colors
@@ -200,3 +216,114 @@ def test_ccl_lgs_view_of_a_missing_scene_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ccl_lgs_ros", "view", str(tmp_path / "nope")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "no such scene folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------- level of detail
+
+
+def test_select_splats_keeps_the_most_significant_within_the_budget():
+    from ccl_lgs_ros.viewer.server import select_splats
+
+    rng = np.random.default_rng(3)
+    n = 500
+    opac = rng.uniform(0.01, 1.0, n)
+    scales = rng.uniform(0.001, 0.1, (n, 3))
+    # By hand: opacity x the product of the two largest scales (face-on ellipse area / pi).
+    score = [o * sorted(s)[1] * sorted(s)[2] for o, s in zip(opac, scales)]
+    for budget in (1, 37, 250, 499):
+        got = select_splats(opac, scales, budget)
+        assert len(got) == budget and np.all(np.diff(got) > 0)
+        expect = sorted(range(n), key=lambda i: -score[i])[:budget]
+        assert set(got.tolist()) == set(expect)
+    for budget in (0, n, n + 10):  # 0 = all; a budget above the count keeps all
+        np.testing.assert_array_equal(select_splats(opac, scales, budget), np.arange(n))
+    with pytest.raises(ValueError, match="max_splats"):
+        select_splats(opac, scales, -1)
+
+
+def test_select_splats_samples_alike_gaussians_evenly():
+    from ccl_lgs_ros.viewer.server import select_splats
+
+    n = 10_000  # all alike: the budget must not take the first objects' Gaussians only
+    got = select_splats(np.full(n, 0.9), np.full((n, 3), 0.01), 1000)
+    assert len(got) == 1000
+    per_tenth = np.bincount(got * 10 // n, minlength=10)
+    assert per_tenth.min() > 60 and per_tenth.max() < 140, per_tenth
+    np.testing.assert_array_equal(got, select_splats(np.full(n, 0.9), np.full((n, 3), 0.01), 1000))  # stable
+
+
+def test_coverage_scales_enlarge_by_the_left_out_share_of_each_cell():
+    from ccl_lgs_ros.viewer.server import coverage_scales, grid_cells
+
+    # Two far apart clusters: 8 Gaussians of which 2 are drawn (x sqrt(4) = 2), 3 of which 3 (x 1).
+    means = np.concatenate([np.zeros((8, 3)) + [0.0, 0.0, 0.0], np.zeros((3, 3)) + [10.0, 10.0, 10.0]])
+    cells = grid_cells(means, cells_per_axis=4)
+    assert len(set(cells[:8].tolist())) == 1 and len(set(cells[8:].tolist())) == 1 and cells[0] != cells[8]
+    np.testing.assert_allclose(coverage_scales(cells, np.array([0, 5, 8, 9, 10])), [2, 2, 1, 1, 1], rtol=1e-6)
+    np.testing.assert_allclose(coverage_scales(cells, np.array([3])), [np.sqrt(8)], rtol=1e-6)
+    np.testing.assert_allclose(coverage_scales(cells, np.array([3]), max_scale=2.5), [2.5])
+
+
+def test_budget_sends_the_most_visible_splats_enlarged_and_the_answer_denser(scenes):
+    from ccl_lgs_ros.viewer.highlight import PALETTE
+    from ccl_lgs_ros.viewer.server import DIM, LOD_MAX_SCALE, TINT, SceneViewer, grid_cells, select_splats
+
+    scene = scenes[0]
+    idx = scene.index
+    budget = 500
+    v = SceneViewer(port=0, max_splats=budget)
+    try:
+        v.set_scene(scene)
+        lod = select_splats(idx.opacities, idx.scales, budget)
+        np.testing.assert_array_equal(v.shown, lod)
+        np.testing.assert_allclose(v._splats.centers, idx.means[lod], atol=1e-6)  # what goes to the page
+        assert "showing 500 of them" in v.gui_status.content and f"{scene.num_gaussians:,}" in v.gui_status.content
+
+        # Sizes: by hand, each drawn Gaussian's covariance times n/k of its grid cell (capped).
+        cells = grid_cells(idx.means)
+        sent = v._splats.covariances
+        for j in (0, 17, 250, 499):
+            i = lod[j]
+            n, k = (cells == cells[i]).sum(), (cells[lod] == cells[i]).sum()
+            f2 = min(n / k, LOD_MAX_SCALE**2)
+            R = _quat_to_matrix(idx.quats[i])
+            np.testing.assert_allclose(sent[j], f2 * R @ np.diag(idx.scales[i] ** 2) @ R.T, rtol=2e-3, atol=1e-7)
+
+        res = v.ask("red mug")
+        ids = res.instances[0].gaussian_ids
+        assert res.found and len(ids) > 2 * budget
+        # The budget's splats stay; up to `budget` more of the answer's own, its most significant.
+        outside = np.setdiff1d(ids, lod)
+        sig = idx.opacities[outside] * np.sort(idx.scales[outside], axis=1)[:, 1:].prod(axis=1)
+        cut = np.sort(sig)[::-1][budget - 1]
+        extra = np.setdiff1d(v.shown, lod)
+        assert np.isin(lod, v.shown).all() and len(extra) == budget and np.isin(extra, ids).all()
+        assert sig[np.isin(outside, extra)].min() >= cut
+        np.testing.assert_allclose(v._splats.centers, idx.means[v.shown], atol=1e-6)
+        rgbs = v._splats.rgbs.astype(np.float32) / 255
+        base = np.clip(idx.colors, 0, 1)[v.shown]
+        sel = np.isin(v.shown, ids)
+        np.testing.assert_allclose(rgbs[sel], (1 - TINT) * base[sel] + TINT * PALETTE[0], atol=1.5 / 255)
+        np.testing.assert_allclose(rgbs[~sel], DIM * base[~sel], atol=1.5 / 255)
+
+        v.clear_answer()  # back to the budget's own splats, undimmed
+        np.testing.assert_array_equal(v.shown, lod)
+        np.testing.assert_allclose(v._splats.rgbs.astype(np.float32) / 255, np.clip(idx.colors, 0, 1)[lod],
+                                   atol=1.5 / 255)
+    finally:
+        v.stop()
+
+
+def test_budget_zero_or_above_the_count_sends_all_and_negative_is_refused(scenes):
+    from ccl_lgs_ros.viewer.server import SceneViewer
+
+    for budget in (0, 10**7):
+        v = SceneViewer(port=0, max_splats=budget)
+        try:
+            v.set_scene(scenes[0])
+            assert len(v.shown) == scenes[0].num_gaussians and "showing" not in v.gui_status.content
+            assert v.ask("red mug").found and len(v.shown) == scenes[0].num_gaussians
+        finally:
+            v.stop()
+    with pytest.raises(ValueError, match="max_splats"):
+        SceneViewer(port=0, max_splats=-1)

@@ -42,6 +42,7 @@ READ_ONLY = {
     "viewer.serve",
     "viewer.host",
     "viewer.port",
+    "viewer.max_splats",
     "node.query_queue_depth",
     "node.max_queries_in_flight",
 }

@@ -196,7 +196,7 @@ class SceneServer:
         try:
             from ..viewer.server import SceneViewer
 
-            self.viewer = SceneViewer(host=vcfg.host, port=vcfg.port)
+            self.viewer = SceneViewer(host=vcfg.host, port=vcfg.port, max_splats=vcfg.max_splats)
         except Exception as exc:  # noqa: BLE001 - no viser, port refused: serve queries anyway
             self.node.get_logger().error(f"viewer not started: {type(exc).__name__}: {exc}")
             return

@@ -15,6 +15,15 @@ inside viser's wheel: nothing is fetched from the network) draws
 - the recent queries (pick one to ask it again) and a per-level choice: the splats coloured by
   one level's relevance (``engine.relevance``) instead of by instance.
 
+Level of detail: the page draws at most ``max_splats`` Gaussians (``viewer.max_splats``,
+``--max-splats``; 0 = all), the most visible ones by :func:`select_splats` (opacity x largest
+cross-section), each enlarged to cover for the left-out Gaussians of its grid cell
+(:func:`coverage_scales`), and says "showing N of M". Every splat is a quad the browser
+rasterises each frame, and without a GPU (software WebGL) the frame time grows with their
+number: the default was picked by ``bench/bench_viewer.py`` on a 2-core CPU with SwiftShader.
+While an answer is shown, up to ``max_splats`` more of the answer's own Gaussians (again the
+most visible) join the drawn set, so the found object is drawn more densely than the rest.
+
 The server binds loopback (127.0.0.1) unless told otherwise: another interface is an explicit
 choice (``--host`` / ``viewer.host``) and exposes the page without authentication.
 """
@@ -31,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import ViewerConfig
 from ..geometry import matrix_to_quat_xyzw, opengl_to_optical_c2w
 from .highlight import PALETTE
 
@@ -44,6 +54,12 @@ TINT = 0.7
 RECENT = 12
 #: Camera frustums drawn along the capture's path at most.
 MAX_FRUSTUMS = 40
+#: Splats the page draws at most by default (0 = all): ``viewer.max_splats``; see :func:`select_splats`.
+MAX_SPLATS: int = ViewerConfig.max_splats
+#: Grid cells along the scene's longest side for the level of detail's size compensation.
+LOD_CELLS = 64
+#: A drawn splat is enlarged at most this much (in size) to cover for the Gaussians left out.
+LOD_MAX_SCALE = 3.0
 INSTANCES = "instances"
 
 
@@ -60,6 +76,72 @@ def splat_covariances(quats: np.ndarray, scales: np.ndarray) -> np.ndarray:
     R = quats_to_rotmats(quats).astype(np.float32)
     s2 = np.square(np.asarray(scales, dtype=np.float32))
     return np.einsum("nij,nj,nkj->nik", R, s2, R, optimize=True)
+
+
+def splat_significance(opacities: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """How much of the picture a Gaussian makes, view-independently: its opacity times its largest
+    cross-section ``s_a * s_b`` (the two largest activated scales; the ellipse it projects to when
+    seen face-on has area ``pi s_a s_b``). ``float64 [N]``."""
+    s = np.sort(np.abs(np.asarray(scales, dtype=np.float64)).reshape(-1, 3), axis=1)
+    return np.asarray(opacities, dtype=np.float64).reshape(-1) * s[:, 2] * s[:, 1]
+
+
+def select_splats(opacities: np.ndarray, scales: np.ndarray, budget: int, seed: int = 0) -> np.ndarray:
+    """Indices (ascending) of the ``budget`` most significant Gaussians by
+    :func:`splat_significance`; all of them when ``budget`` is 0 or not smaller than their number.
+    Equal significance is broken by a fixed random order, so a budget over many alike Gaussians
+    keeps an even sample of the scene instead of its first objects."""
+    n = int(np.asarray(opacities).reshape(-1).shape[0])
+    if budget < 0:
+        raise ValueError(f"max_splats must be >= 0 (0 = all), got {budget}")
+    if budget == 0 or budget >= n:
+        return np.arange(n, dtype=np.int64)
+    score = splat_significance(opacities, scales)
+    tie = np.random.default_rng(seed).random(n)
+    order = np.lexsort((tie, -score))  # last key first: by score descending, then the tie order
+    return np.sort(order[:budget]).astype(np.int64)
+
+
+def grid_cells(means: np.ndarray, cells_per_axis: int = LOD_CELLS) -> np.ndarray:
+    """The cell of a regular grid (``cells_per_axis`` cells along the scene's longest side) each
+    Gaussian's centre falls in, numbered ``0..C-1`` over the occupied cells. ``int64 [N]``."""
+    m = np.asarray(means, dtype=np.float64).reshape(-1, 3)
+    if not len(m):
+        return np.zeros(0, np.int64)
+    lo, hi = m.min(axis=0), m.max(axis=0)
+    size = max(float(np.max(hi - lo)), 1e-9) / cells_per_axis
+    ijk = np.minimum(((m - lo) / size).astype(np.int64), cells_per_axis)  # 0..cells_per_axis
+    n = cells_per_axis + 1
+    return np.unique(ijk[:, 0] + n * (ijk[:, 1] + n * ijk[:, 2]), return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def coverage_scales(cells: np.ndarray, drawn: np.ndarray, max_scale: float = LOD_MAX_SCALE) -> np.ndarray:
+    """Size factor of each drawn Gaussian so that fewer splats cover what all of them covered: in
+    a grid cell with ``n`` Gaussians of which ``k`` are drawn, each drawn one is enlarged by
+    ``sqrt(n / k)`` (its area by ``n / k``), at most ``max_scale``. 1 where all are drawn.
+    ``float32 [len(drawn)]``."""
+    cells = np.asarray(cells, dtype=np.int64)
+    drawn = np.asarray(drawn, dtype=np.int64)
+    total = np.bincount(cells)
+    kept = np.bincount(cells[drawn], minlength=len(total))
+    c = cells[drawn]
+    return np.minimum(np.sqrt(total[c] / kept[c]), max_scale).astype(np.float32)
+
+
+def pack_splats(centers: np.ndarray, covariances: np.ndarray, rgb_u8: np.ndarray, opacities: np.ndarray) -> np.ndarray:
+    """Gaussians in viser's splat buffer layout (``GaussianSplatHandle``: per Gaussian 8 uint32:
+    centre as 3 float32, one reserved word, the covariance's upper triangle as 6 float16, RGBA
+    as 4 uint8), what ``add_gaussian_splats`` sends. ``uint32 [N, 8]``."""
+    n = len(centers)
+    buf = np.zeros((n, 8), np.uint32)
+    buf[:, 0:3] = np.ascontiguousarray(centers, dtype=np.float32).view(np.uint32)
+    triu = np.asarray(covariances, dtype=np.float32).reshape(n, 9)[:, [0, 1, 2, 4, 5, 8]]
+    buf[:, 4:7] = np.ascontiguousarray(triu, dtype=np.float16).view(np.uint32)
+    rgba = np.empty((n, 4), np.uint8)
+    rgba[:, :3] = rgb_u8
+    rgba[:, 3] = np.clip(np.asarray(opacities, dtype=np.float32).reshape(n) * 255.0, 0, 255).astype(np.uint8)
+    buf[:, 7] = rgba.view(np.uint32).reshape(n)
+    return buf
 
 
 def highlight_colors(base: np.ndarray, instance_ids: Sequence[np.ndarray], dim: float = DIM,
@@ -105,17 +187,29 @@ class SceneViewer:
     Args:
         host: interface to bind (loopback by default).
         port: TCP port (viser takes the next free one when it is in use; see :attr:`port`).
+        max_splats: draw at most this many Gaussians, the most significant (0 = all); an answer's
+            own Gaussians are always drawn.
         verbose: let viser print its banner and connection log.
 
     The scene's engine is thread-safe: the page's queries and the node's ``/semantic_query`` may
     run at once; the viewer's own lock only orders what it sends to the page.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, verbose: bool = False) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, max_splats: int = MAX_SPLATS,
+                 verbose: bool = False) -> None:  # fmt: skip
         import viser
+
+        if max_splats < 0:
+            raise ValueError(f"max_splats must be >= 0 (0 = all), got {max_splats}")
+        self.max_splats = int(max_splats)
 
         self.server = viser.ViserServer(host=host, port=port, verbose=verbose)
         self.server.scene.set_up_direction("+z")
+        # Splats are unlit: no image-based lighting (viser's default environment map is prefiltered
+        # in the page at load) and no shadow-map passes per frame; the boxes and centroids keep the
+        # plain default lights. Without a GPU each of these costs the page seconds.
+        self.server.scene.configure_environment_map(hdri=None)
+        self.server.scene.configure_default_lights(enabled=True, cast_shadow=False)
         self._lock = threading.RLock()
         self.scene: Any = None  # scene.LoadedScene
         self.last_result: Any = None  # query.engine.QueryResult
@@ -127,6 +221,15 @@ class SceneViewer:
         self._base_rgb: np.ndarray | None = None
         self._base_u8 = np.zeros((0, 3), np.uint8)
         self._dim_u8 = np.zeros((0, 3), np.uint8)
+        # Every Gaussian's splat attributes; the page gets the rows of ``shown`` (the level of detail).
+        self._centers = np.zeros((0, 3), np.float32)
+        self._covs = np.zeros((0, 3, 3), np.float32)
+        self._opac = np.zeros((0, 1), np.float32)
+        self._lod = np.zeros(0, np.int64)  # the budget's selection of the current scene
+        self._sig = np.zeros(0, np.float64)  # splat_significance of every Gaussian
+        self._cells = np.zeros(0, np.int64)  # grid_cells of every Gaussian
+        self._lod_buf = np.zeros((0, 8), np.uint32)  # the budget's rows in viser's splat buffer layout
+        self.shown = np.zeros(0, np.int64)  # the Gaussians in the page's splat buffer, in its order
         self._answer_nodes: list[Any] = []
         self._scene_nodes: list[Any] = []
         self._build_gui()
@@ -222,9 +325,18 @@ class SceneViewer:
             # uint8 once per scene: an answer then only rewrites its own Gaussians' colours.
             self._base_u8 = np.rint(rgb * 255).astype(np.uint8)
             self._dim_u8 = np.rint(rgb * (255 * DIM)).astype(np.uint8)
+            self._centers, self._covs, self._opac = centers, covs, opac
+            self._lod = select_splats(opac, index.scales, self.max_splats)
+            self._sig = splat_significance(opac, index.scales)
+            self._cells = grid_cells(centers) if len(self._lod) < len(centers) else np.zeros(len(centers), np.int64)
+            self.shown = self._lod
+            ids = self.shown
+            lod_covs = self._splat_covs(ids)
             self._splats = self.server.scene.add_gaussian_splats(
-                "/scene/splats", centers=centers, covariances=covs, rgbs=rgb, opacities=opac
-            )
+                "/scene/splats", centers=centers[ids], covariances=lod_covs, rgbs=self._base_u8[ids],
+                opacities=opac[ids],
+            )  # fmt: skip
+            self._lod_buf = pack_splats(centers[ids], lod_covs, self._base_u8[ids], opac[ids])
             lo, hi = np.percentile(centers, 2, axis=0), np.percentile(centers, 98, axis=0)
             size = float(np.max(hi - lo)) if centers.size else 1.0
             self._scene_nodes.append(self.server.scene.add_frame(
@@ -238,12 +350,15 @@ class SceneViewer:
             levels = list(index.levels)
             self.gui_color_by.options = (INSTANCES, *[f"relevance: {lv}" for lv in levels])
             self.gui_color_by.value = INSTANCES  # type: ignore[misc]
+            n, k = index.num_gaussians, len(self._lod)
+            detail = "" if k == n else f" (showing {k:,} of them, the most visible, enlarged: viewer.max_splats)"
             self.gui_status.content = (
-                f"**{Path(scene.path).name}**: {index.num_gaussians:,} Gaussians, frame `{index.frame_id}`, "
+                f"**{Path(scene.path).name}**: {n:,} Gaussians{detail}, frame `{index.frame_id}`, "
                 f"levels {', '.join(levels)}"
             )
             self.gui_answer.content = ""
-        self.timings_ms = {"prepare": (t_prep - t0) * 1e3, "total": (time.perf_counter() - t0) * 1e3}
+        self.timings_ms = {"prepare": (t_prep - t0) * 1e3, "total": (time.perf_counter() - t0) * 1e3,
+                           "splats_sent": float(len(self.shown))}
 
     def _camera_path(self, poses: np.ndarray | None, size: float) -> list[Any]:
         if poses is None or not len(poses):
@@ -323,21 +438,70 @@ class SceneViewer:
             self.gui_answer.content = self._answer_markdown(result, source)
             self.answers_shown += 1
 
+    def _show_splats(self, ids: np.ndarray, rgb_u8: np.ndarray) -> None:
+        """Put the Gaussians ``ids`` with colours ``rgb_u8`` (one row per id) into the page in one
+        buffer update. The budget's rows are packed once per scene (:attr:`_lod_buf`); only an
+        answer's extra Gaussians are packed here, and the colours are written into a copy."""
+        if self._splats is None:
+            return
+        k = len(self._lod)
+        if len(ids) > k:  # the budget's rows first (see _answer_ids), then the answer's extra ones
+            extra = ids[k:]
+            f = coverage_scales(self._cells, ids)[k:]
+            buf = np.concatenate([self._lod_buf, pack_splats(
+                self._centers[extra], self._covs[extra] * np.square(f)[:, None, None], rgb_u8[k:], self._opac[extra]
+            )])  # fmt: skip
+        else:
+            buf = self._lod_buf.copy()
+        buf.view(np.uint8).reshape(-1, 32)[:, 28:31] = rgb_u8  # word 7 is R, G, B, A (little-endian)
+        self._splats.buffer = buf
+        self.shown = ids
+
+    def _splat_covs(self, ids: np.ndarray) -> np.ndarray:
+        """Covariances of the drawn Gaussians ``ids``, enlarged by :func:`coverage_scales` when
+        some are left out."""
+        if len(ids) == len(self._covs):
+            return self._covs[ids]
+        f = coverage_scales(self._cells, ids)
+        return self._covs[ids] * np.square(f)[:, None, None]
+
+    def _answer_ids(self, result: Any) -> np.ndarray:
+        """The budget's Gaussians plus up to ``max_splats`` more of the answer's own, the most
+        significant of them (appended after the budget's, ascending)."""
+        ids = [np.asarray(inst.gaussian_ids, dtype=np.int64).reshape(-1) for inst in result.instances]
+        n = len(self._base_u8)
+        if len(self._lod) == n or not ids:
+            return self._lod
+        outside = np.zeros(n, bool)
+        for part in ids:
+            outside[part] = True
+        outside[self._lod] = False
+        extra = np.flatnonzero(outside)
+        if extra.size > self.max_splats:
+            order = np.lexsort((extra, -self._sig[extra]))
+            extra = np.sort(extra[order[: self.max_splats]])
+        return np.concatenate([self._lod, extra]) if extra.size else self._lod
+
     def _color_splats(self, result: Any) -> None:
         if self._splats is None or self._base_rgb is None:
             return
+        ids = self._answer_ids(result)
         mode = self.gui_color_by.value
         if mode.startswith("relevance: ") and self.scene is not None:
             level = mode.split(": ", 1)[1]
             rel = self.scene.engine.relevance(result.text, self.last_negatives or None)
-            rgb = relevance_colors(rel[level]) if level in rel else self._base_rgb
+            if level in rel:
+                rgb = np.rint(255 * relevance_colors(np.asarray(rel[level])[ids])).astype(np.uint8)
+            else:
+                rgb = self._base_u8[ids]
         else:  # highlight_colors(), in uint8 and touching only the answer's Gaussians
-            rgb = self._dim_u8.copy()
+            full = self._dim_u8.copy()
             for i, inst in enumerate(result.instances):
-                ids = inst.gaussian_ids
+                sel = inst.gaussian_ids
                 col = np.asarray(PALETTE[i % len(PALETTE)], dtype=np.float32)
-                rgb[ids] = np.rint(255 * ((1.0 - TINT) * self._base_rgb[ids] + TINT * col)).astype(np.uint8)
-        self._splats.rgbs = rgb
+                full[sel] = np.rint(255 * ((1.0 - TINT) * self._base_rgb[sel] + TINT * col)).astype(np.uint8)
+            rgb = full[ids]
+        self._show_splats(ids, rgb)
 
     def clear_answer(self) -> None:
         with self._lock, self.server.atomic():
@@ -345,8 +509,7 @@ class SceneViewer:
                 node.remove()
             self._answer_nodes = []
             self.last_result = None
-            if self._splats is not None:
-                self._splats.rgbs = self._base_u8
+            self._show_splats(self._lod, self._base_u8[self._lod])
             self.gui_answer.content = ""
 
     def _remember(self, text: str) -> None:
@@ -369,12 +532,12 @@ class SceneViewer:
 
 
 def serve(scene_path: str | Path, host: str = "127.0.0.1", port: int = 8080, device: str = "cpu",
-          stop: threading.Event | None = None) -> int:  # fmt: skip
+          stop: threading.Event | None = None, max_splats: int = MAX_SPLATS) -> int:  # fmt: skip
     """``ccl-lgs view``: load the scene, serve it until interrupted (or ``stop`` is set)."""
     from ..scene.load import load_scene
 
     scene = load_scene(scene_path, device=device)
-    viewer = SceneViewer(host=host, port=port)
+    viewer = SceneViewer(host=host, port=port, max_splats=max_splats)
     viewer.set_scene(scene)
     print(f"viewer of {scene.path} ({scene.num_gaussians} Gaussians) at {viewer.url}  (Ctrl-C stops it)", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -399,4 +562,7 @@ def serve(scene_path: str | Path, host: str = "127.0.0.1", port: int = 8080, dev
     return 0
 
 
-__all__ = ["SceneViewer", "capture_poses", "highlight_colors", "relevance_colors", "serve", "splat_covariances"]
+__all__ = [
+    "MAX_SPLATS", "SceneViewer", "capture_poses", "coverage_scales", "grid_cells", "highlight_colors",
+    "pack_splats", "relevance_colors", "select_splats", "serve", "splat_covariances", "splat_significance",
+]
