@@ -75,16 +75,22 @@ def make_scene(dest: Path, gaussians: int) -> None:
     write_blob_scene(dest, labels=QUERIES, centers=((2.0, 0.0, 0.8), (2.5, 0.6, 0.8)), num_gaussians=gaussians)
 
 
-def browser():  # noqa: ANN201 - a selenium WebDriver
+BROWSER_ARGS = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,700",
+                "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
+#: Chromium's own software compositor for the page (what it uses where no GPU is usable) instead
+#: of compositing through SwiftShader too; WebGL stays on SwiftShader.
+SOFTWARE_COMPOSITING = ("--disable-gpu-compositing",)
+
+
+def browser(extra: tuple[str, ...] = ()):  # noqa: ANN201 - a selenium WebDriver
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     os.environ["SE_OFFLINE"] = "true"
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,700",
-                "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
-                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
+    for arg in (*BROWSER_ARGS, *extra):
         opts.add_argument(arg)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
 
@@ -108,7 +114,8 @@ setTimeout(() => { obs.disconnect(); done(-1); }, 25000);
 """
 
 
-def run_size(n: int, queries: int, tmp: Path, open_timeout: float, max_splats: int) -> dict:
+def run_size(n: int, queries: int, tmp: Path, open_timeout: float, max_splats: int,
+             extra_args: tuple[str, ...] = ()) -> dict:  # fmt: skip
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
 
@@ -117,7 +124,7 @@ def run_size(n: int, queries: int, tmp: Path, open_timeout: float, max_splats: i
 
     scene_dir = tmp / f"scene_{n}"
     make_scene(scene_dir, n)
-    driver = browser()
+    driver = browser(extra_args)
     driver.set_script_timeout(30)
     try:
         t0 = time.perf_counter()
@@ -154,6 +161,7 @@ def run_size(n: int, queries: int, tmp: Path, open_timeout: float, max_splats: i
         row: dict = {
             "gaussians": scene.num_gaussians,
             "max_splats": max_splats,
+            "browser_args": [*BROWSER_ARGS, *extra_args],
             "splats_sent": len(viewer.shown),
             "open_s": t_open - t0,
             "splats_drawn": drawn,
@@ -206,13 +214,17 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def label(budget: int) -> str:
-        return "all splats" if not budget else f"max_splats {budget // 1000}k"
+    def key(r: dict) -> tuple[bool, int]:
+        return any("disable-gpu-compositing" in a for a in r.get("browser_args", [])), int(r.get("max_splats", 0))
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    budgets = sorted({int(r.get("max_splats", 0)) for r in rows}, key=lambda b: (b == 0, b))
+    def label(k: tuple[bool, int]) -> str:
+        sw, budget = k
+        return ("all splats" if not budget else f"max_splats {budget // 1000}k") + (", sw compositing" if sw else "")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    budgets = sorted({key(r) for r in rows}, key=lambda k: (k[0], k[1] == 0, k[1]))
     for k, budget in enumerate(budgets):
-        rs = sorted((r for r in rows if int(r.get("max_splats", 0)) == budget), key=lambda r: r["gaussians"])
+        rs = sorted((r for r in rows if key(r) == budget), key=lambda r: r["gaussians"])
         n = [r["gaussians"] / 1e6 for r in rs]
         colour = f"C{k}"
         axes[0].plot(n, [r["open_s"] for r in rs], "o-", color=colour, label=f"open, {label(budget)}")
@@ -246,6 +258,9 @@ def main() -> int:
     p.add_argument("--max-splats", type=int, nargs="+", default=None,
                    help="the viewer's splat budgets to measure, each at every size (0 = all; default: "
                         "the viewer's default viewer.max_splats)")
+    p.add_argument("--software-compositing", action="store_true",
+                   help="Chromium composites the page with its software compositor (--disable-gpu-compositing), "
+                        "WebGL still on SwiftShader; recorded in each row's browser_args")
     p.add_argument("--append", action="store_true",
                    help="add the rows to an existing viewer_bench.json in --out (sizes measured in separate "
                         "runs); its machine record is kept and this run's load is added")
@@ -263,7 +278,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             for budget in args.max_splats if args.max_splats is not None else [MAX_SPLATS]:
-                row = run_size(n, args.queries, Path(tmp), args.open_timeout, budget)
+                extra = SOFTWARE_COMPOSITING if args.software_compositing else ()
+                row = run_size(n, args.queries, Path(tmp), args.open_timeout, budget, extra)
                 row["loadavg_after"] = os.getloadavg()
                 print(json.dumps(row), flush=True)
                 rows.append(row)

@@ -496,12 +496,13 @@ class ViewerConfig:
     )
     port: int = _f(8080, "TCP port of the viewer (the next free one is taken when it is in use).", min=1, max=65535)
     max_splats: int = _f(
-        50_000,
+        10_000,
         "Level of detail: the page draws at most this many Gaussians, the most visible ones (opacity x "
-        "largest cross-section), each enlarged to cover for the left-out ones of its grid cell; 0 draws "
-        "all. Every splat costs the browser each frame: without a GPU (software WebGL, 2 CPU cores) "
-        "50k opened as fast as 25k and faster than 100k (bench/bench_viewer.py). While an answer is "
-        "shown, up to this many more of its own Gaussians are drawn.",
+        "largest cross-section), each enlarged to cover for the left-out ones of its grid cell; while an "
+        "answer is shown, up to half of them are the answer's own. 0 draws all. Each splat costs the "
+        "browser every frame: without a GPU (software WebGL, 2 CPU cores) a frame takes about 10 ms per "
+        "1,000 splats, and a query waits for the frame in flight (bench/bench_viewer.py). With a GPU, "
+        "raise it or use 0.",
         min=0,
     )
 

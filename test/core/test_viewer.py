@@ -264,7 +264,7 @@ def test_coverage_scales_enlarge_by_the_left_out_share_of_each_cell():
     np.testing.assert_allclose(coverage_scales(cells, np.array([3]), max_scale=2.5), [2.5])
 
 
-def test_budget_sends_the_most_visible_splats_enlarged_and_the_answer_denser(scenes):
+def test_budget_sends_the_most_visible_splats_enlarged_and_half_of_it_to_the_answer(scenes):
     from ccl_lgs_ros.viewer.highlight import PALETTE
     from ccl_lgs_ros.viewer.server import DIM, LOD_MAX_SCALE, TINT, SceneViewer, grid_cells, select_splats
 
@@ -291,14 +291,14 @@ def test_budget_sends_the_most_visible_splats_enlarged_and_the_answer_denser(sce
 
         res = v.ask("red mug")
         ids = res.instances[0].gaussian_ids
-        assert res.found and len(ids) > 2 * budget
-        # The budget's splats stay; up to `budget` more of the answer's own, its most significant.
-        outside = np.setdiff1d(ids, lod)
-        sig = idx.opacities[outside] * np.sort(idx.scales[outside], axis=1)[:, 1:].prod(axis=1)
-        cut = np.sort(sig)[::-1][budget - 1]
-        extra = np.setdiff1d(v.shown, lod)
-        assert np.isin(lod, v.shown).all() and len(extra) == budget and np.isin(extra, ids).all()
-        assert sig[np.isin(outside, extra)].min() >= cut
+        assert res.found and len(ids) > budget
+        # Still `budget` splats: half of them the answer's most significant, the rest the others' most.
+        sig = idx.opacities * np.sort(idx.scales, axis=1)[:, 1:].prod(axis=1)
+        ans = np.isin(np.arange(scene.num_gaussians), ids)
+        own, rest = v.shown[ans[v.shown]], v.shown[~ans[v.shown]]
+        assert len(v.shown) == budget and len(own) == budget // 2 and len(rest) == budget - budget // 2
+        assert sig[own].min() >= np.sort(sig[ans])[::-1][budget // 2 - 1]
+        assert sig[rest].min() >= np.sort(sig[~ans])[::-1][len(rest) - 1]
         np.testing.assert_allclose(v._splats.centers, idx.means[v.shown], atol=1e-6)
         rgbs = v._splats.rgbs.astype(np.float32) / 255
         base = np.clip(idx.colors, 0, 1)[v.shown]
@@ -312,6 +312,18 @@ def test_budget_sends_the_most_visible_splats_enlarged_and_the_answer_denser(sce
                                    atol=1.5 / 255)
     finally:
         v.stop()
+
+
+def test_select_with_answer_small_answers_are_drawn_whole():
+    from ccl_lgs_ros.viewer.server import select_with_answer
+
+    rank = np.array([5, 3, 9, 0, 1, 2, 4, 6, 7, 8])  # 5 the most significant
+    answer = np.zeros(10, bool)
+    answer[[8, 7]] = True  # the two least significant
+    np.testing.assert_array_equal(select_with_answer(rank, answer, 4), [3, 5, 7, 8])  # 8, 7 + 5, 3
+    answer[[0, 1, 2, 4, 6]] = True  # 7 answer Gaussians: only budget // 2 = 2 of them (0, 1)
+    np.testing.assert_array_equal(select_with_answer(rank, answer, 4), [0, 1, 3, 5])
+    np.testing.assert_array_equal(select_with_answer(rank, answer, 0), np.arange(10))
 
 
 def test_budget_zero_or_above_the_count_sends_all_and_negative_is_refused(scenes):

@@ -21,8 +21,9 @@ cross-section), each enlarged to cover for the left-out Gaussians of its grid ce
 (:func:`coverage_scales`), and says "showing N of M". Every splat is a quad the browser
 rasterises each frame, and without a GPU (software WebGL) the frame time grows with their
 number: the default was picked by ``bench/bench_viewer.py`` on a 2-core CPU with SwiftShader.
-While an answer is shown, up to ``max_splats`` more of the answer's own Gaussians (again the
-most visible) join the drawn set, so the found object is drawn more densely than the rest.
+While an answer is shown the page still draws ``max_splats``: up to half of them the answer's
+own Gaussians (again the most visible), so the found object is drawn densely and the frame time,
+which is what a query waits for in a software-rendered page, stays the same.
 
 The server binds loopback (127.0.0.1) unless told otherwise: another interface is an explicit
 choice (``--host`` / ``viewer.host``) and exposes the page without authentication.
@@ -86,20 +87,39 @@ def splat_significance(opacities: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return np.asarray(opacities, dtype=np.float64).reshape(-1) * s[:, 2] * s[:, 1]
 
 
+def rank_splats(opacities: np.ndarray, scales: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Every Gaussian's index, the most significant by :func:`splat_significance` first. Equal
+    significance is broken by a fixed random order, so a budget over many alike Gaussians keeps an
+    even sample of the scene instead of its first objects. ``int64 [N]``."""
+    n = int(np.asarray(opacities).reshape(-1).shape[0])
+    score = splat_significance(opacities, scales)
+    tie = np.random.default_rng(seed).random(n)
+    return np.lexsort((tie, -score)).astype(np.int64)  # last key first: score descending, then the tie
+
+
 def select_splats(opacities: np.ndarray, scales: np.ndarray, budget: int, seed: int = 0) -> np.ndarray:
-    """Indices (ascending) of the ``budget`` most significant Gaussians by
-    :func:`splat_significance`; all of them when ``budget`` is 0 or not smaller than their number.
-    Equal significance is broken by a fixed random order, so a budget over many alike Gaussians
-    keeps an even sample of the scene instead of its first objects."""
+    """Indices (ascending) of the ``budget`` most significant Gaussians (:func:`rank_splats`); all
+    of them when ``budget`` is 0 or not smaller than their number."""
     n = int(np.asarray(opacities).reshape(-1).shape[0])
     if budget < 0:
         raise ValueError(f"max_splats must be >= 0 (0 = all), got {budget}")
     if budget == 0 or budget >= n:
         return np.arange(n, dtype=np.int64)
-    score = splat_significance(opacities, scales)
-    tie = np.random.default_rng(seed).random(n)
-    order = np.lexsort((tie, -score))  # last key first: by score descending, then the tie order
-    return np.sort(order[:budget]).astype(np.int64)
+    return np.sort(rank_splats(opacities, scales, seed)[:budget])
+
+
+def select_with_answer(rank: np.ndarray, answer: np.ndarray, budget: int) -> np.ndarray:
+    """The drawn set while an answer is shown, still ``budget`` splats (ascending indices): up to
+    half of the budget goes to the answer's own Gaussians ``answer`` (bool ``[N]``), its most
+    significant first by ``rank`` (:func:`rank_splats`), the rest to the most significant of the
+    other Gaussians. All of them when ``budget`` is 0 or not smaller than their number."""
+    n = len(rank)
+    if budget == 0 or budget >= n:
+        return np.arange(n, dtype=np.int64)
+    in_answer = answer[rank]
+    own = rank[in_answer][: budget // 2]
+    rest = rank[~in_answer][: budget - len(own)]
+    return np.sort(np.concatenate([own, rest]))
 
 
 def grid_cells(means: np.ndarray, cells_per_axis: int = LOD_CELLS) -> np.ndarray:
@@ -226,9 +246,9 @@ class SceneViewer:
         self._covs = np.zeros((0, 3, 3), np.float32)
         self._opac = np.zeros((0, 1), np.float32)
         self._lod = np.zeros(0, np.int64)  # the budget's selection of the current scene
-        self._sig = np.zeros(0, np.float64)  # splat_significance of every Gaussian
+        self._rank = np.zeros(0, np.int64)  # rank_splats of the current scene
         self._cells = np.zeros(0, np.int64)  # grid_cells of every Gaussian
-        self._lod_buf = np.zeros((0, 8), np.uint32)  # the budget's rows in viser's splat buffer layout
+        self._buf = np.zeros((0, 8), np.uint32)  # what the page has, in viser's splat buffer layout
         self.shown = np.zeros(0, np.int64)  # the Gaussians in the page's splat buffer, in its order
         self._answer_nodes: list[Any] = []
         self._scene_nodes: list[Any] = []
@@ -326,17 +346,18 @@ class SceneViewer:
             self._base_u8 = np.rint(rgb * 255).astype(np.uint8)
             self._dim_u8 = np.rint(rgb * (255 * DIM)).astype(np.uint8)
             self._centers, self._covs, self._opac = centers, covs, opac
-            self._lod = select_splats(opac, index.scales, self.max_splats)
-            self._sig = splat_significance(opac, index.scales)
-            self._cells = grid_cells(centers) if len(self._lod) < len(centers) else np.zeros(len(centers), np.int64)
-            self.shown = self._lod
-            ids = self.shown
+            n = len(centers)
+            lod = 0 < self.max_splats < n
+            self._rank = rank_splats(opac, index.scales) if lod else np.arange(n, dtype=np.int64)
+            self._lod = np.sort(self._rank[: self.max_splats]) if lod else self._rank
+            self._cells = grid_cells(centers) if lod else np.zeros(n, np.int64)
+            self.shown = ids = self._lod
             lod_covs = self._splat_covs(ids)
             self._splats = self.server.scene.add_gaussian_splats(
                 "/scene/splats", centers=centers[ids], covariances=lod_covs, rgbs=self._base_u8[ids],
                 opacities=opac[ids],
             )  # fmt: skip
-            self._lod_buf = pack_splats(centers[ids], lod_covs, self._base_u8[ids], opac[ids])
+            self._buf = pack_splats(centers[ids], lod_covs, self._base_u8[ids], opac[ids])
             lo, hi = np.percentile(centers, 2, axis=0), np.percentile(centers, 98, axis=0)
             size = float(np.max(hi - lo)) if centers.size else 1.0
             self._scene_nodes.append(self.server.scene.add_frame(
@@ -440,22 +461,16 @@ class SceneViewer:
 
     def _show_splats(self, ids: np.ndarray, rgb_u8: np.ndarray) -> None:
         """Put the Gaussians ``ids`` with colours ``rgb_u8`` (one row per id) into the page in one
-        buffer update. The budget's rows are packed once per scene (:attr:`_lod_buf`); only an
-        answer's extra Gaussians are packed here, and the colours are written into a copy."""
+        buffer update: the colours only when the drawn set is unchanged, else the set repacked."""
         if self._splats is None:
             return
-        k = len(self._lod)
-        if len(ids) > k:  # the budget's rows first (see _answer_ids), then the answer's extra ones
-            extra = ids[k:]
-            f = coverage_scales(self._cells, ids)[k:]
-            buf = np.concatenate([self._lod_buf, pack_splats(
-                self._centers[extra], self._covs[extra] * np.square(f)[:, None, None], rgb_u8[k:], self._opac[extra]
-            )])  # fmt: skip
+        if len(ids) == len(self.shown) and np.array_equal(ids, self.shown):
+            buf = self._buf.copy()
+            buf.view(np.uint8).reshape(-1, 32)[:, 28:31] = rgb_u8  # word 7 is R, G, B, A (little-endian)
         else:
-            buf = self._lod_buf.copy()
-        buf.view(np.uint8).reshape(-1, 32)[:, 28:31] = rgb_u8  # word 7 is R, G, B, A (little-endian)
+            buf = pack_splats(self._centers[ids], self._splat_covs(ids), rgb_u8, self._opac[ids])
         self._splats.buffer = buf
-        self.shown = ids
+        self._buf, self.shown = buf, ids
 
     def _splat_covs(self, ids: np.ndarray) -> np.ndarray:
         """Covariances of the drawn Gaussians ``ids``, enlarged by :func:`coverage_scales` when
@@ -466,21 +481,14 @@ class SceneViewer:
         return self._covs[ids] * np.square(f)[:, None, None]
 
     def _answer_ids(self, result: Any) -> np.ndarray:
-        """The budget's Gaussians plus up to ``max_splats`` more of the answer's own, the most
-        significant of them (appended after the budget's, ascending)."""
-        ids = [np.asarray(inst.gaussian_ids, dtype=np.int64).reshape(-1) for inst in result.instances]
+        """The drawn set while ``result`` is shown (:func:`select_with_answer`)."""
         n = len(self._base_u8)
-        if len(self._lod) == n or not ids:
+        if len(self._lod) == n or not result.instances:
             return self._lod
-        outside = np.zeros(n, bool)
-        for part in ids:
-            outside[part] = True
-        outside[self._lod] = False
-        extra = np.flatnonzero(outside)
-        if extra.size > self.max_splats:
-            order = np.lexsort((extra, -self._sig[extra]))
-            extra = np.sort(extra[order[: self.max_splats]])
-        return np.concatenate([self._lod, extra]) if extra.size else self._lod
+        answer = np.zeros(n, bool)
+        for inst in result.instances:
+            answer[np.asarray(inst.gaussian_ids, dtype=np.int64).reshape(-1)] = True
+        return select_with_answer(self._rank, answer, self.max_splats)
 
     def _color_splats(self, result: Any) -> None:
         if self._splats is None or self._base_rgb is None:
@@ -563,6 +571,7 @@ def serve(scene_path: str | Path, host: str = "127.0.0.1", port: int = 8080, dev
 
 
 __all__ = [
-    "MAX_SPLATS", "SceneViewer", "capture_poses", "coverage_scales", "grid_cells", "highlight_colors",
-    "pack_splats", "relevance_colors", "select_splats", "serve", "splat_covariances", "splat_significance",
+    "MAX_SPLATS", "SceneViewer", "capture_poses", "coverage_scales", "grid_cells", "highlight_colors", "pack_splats",
+    "rank_splats", "relevance_colors", "select_splats", "select_with_answer", "serve", "splat_covariances",
+    "splat_significance",
 ]
