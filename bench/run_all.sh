@@ -118,5 +118,7 @@ if want objectness; then
 if want viewer; then
   # the browser viewer in headless Chromium (software WebGL); private network namespace: loopback only
   echo "== (unshare -n) bench/bench_viewer.py"
-  unshare -n sh -c "ip link set lo up && exec $PY bench/bench_viewer.py --sizes 100000 300000 1000000 \
-      --queries 5 --open-timeout 60 --out $R/viewer"; fi
+  unshare -n sh -c "ip link set lo up && $PY bench/bench_viewer.py --sizes 100000 300000 1000000 \
+      --max-splats 10000 0 --queries 8 --open-timeout 60 --out $R/viewer \
+      && exec $PY bench/bench_viewer.py --sizes 300000 1000000 --max-splats 10000 --software-compositing \
+      --queries 8 --open-timeout 60 --append --out $R/viewer"; fi
