@@ -339,3 +339,25 @@ def test_budget_zero_or_above_the_count_sends_all_and_negative_is_refused(scenes
             v.stop()
     with pytest.raises(ValueError, match="max_splats"):
         SceneViewer(port=0, max_splats=-1)
+
+
+def test_the_splat_budget_changes_from_the_page_and_keeps_the_answer(scenes):
+    from ccl_lgs_ros.viewer.server import SceneViewer, select_splats
+
+    scene = scenes[0]
+    v = SceneViewer(port=0, max_splats=300)
+    try:
+        v.set_scene(scene)
+        assert len(v.shown) == 300
+        res = v.ask("red mug")
+        v.gui_budget.value = 0  # what the page's number field does: all splats, the answer kept
+        assert v.max_splats == 0 and len(v.shown) == scene.num_gaussians
+        assert v.last_result is res and v.answers_shown == 2 and "red mug" in v.gui_answer.content
+        v.set_max_splats(800)
+        assert int(v.gui_budget.value) == 800 and len(v.shown) == 800
+        v.clear_answer()
+        np.testing.assert_array_equal(v.shown, select_splats(scene.index.opacities, scene.index.scales, 800))
+        with pytest.raises(ValueError, match=">= 0"):
+            v.set_max_splats(-1)
+    finally:
+        v.stop()

@@ -291,6 +291,10 @@ class SceneViewer:
                                              hint="instances of the answer, or one level's relevance")
         self.gui_recent = gui.add_dropdown("Recent queries", ("",), initial_value="")
         self.gui_answer = gui.add_markdown("")
+        self.gui_budget = gui.add_number(
+            "Splats drawn", initial_value=self.max_splats, min=0, step=1000,
+            hint="at most this many, the most visible (0 = all); raise it with a GPU-rendered browser",
+        )  # fmt: skip
 
         @self.gui_find.on_click
         def _(_: Any) -> None:
@@ -306,12 +310,37 @@ class SceneViewer:
                 if self.last_result is not None:
                     self._color_splats(self.last_result)
 
+        @self.gui_budget.on_update
+        def _(_: Any) -> None:
+            try:
+                self.set_max_splats(int(self.gui_budget.value))
+            except Exception as exc:  # noqa: BLE001 - shown on the page, never raised into viser
+                self.gui_answer.content = f"**Error:** {exc}"
+
         @self.gui_recent.on_update
         def _(_: Any) -> None:
             text = self.gui_recent.value
             if text and text != self.gui_text.value:
                 self.gui_text.value = text  # type: ignore[misc]  # viser: assignable at run time
                 self._on_find()
+
+    def set_max_splats(self, budget: int) -> None:
+        """Change the splat budget (0 = all) and re-send the scene with it; the answer shown, if
+        any, is shown again within the new budget."""
+        if budget < 0:
+            raise ValueError(f"max_splats must be >= 0 (0 = all), got {budget}")
+        with self._lock:
+            if budget == self.max_splats:
+                return
+            self.max_splats = int(budget)
+            if int(self.gui_budget.value) != self.max_splats:
+                self.gui_budget.value = self.max_splats  # type: ignore[misc]  # viser: assignable at run time
+            scene, result, negatives = self.scene, self.last_result, list(self.last_negatives)
+            if scene is None:
+                return
+            self.set_scene(scene)
+            if result is not None:
+                self.show_result(result, negatives=negatives)
 
     def _on_find(self) -> None:
         text = self.gui_text.value.strip()
