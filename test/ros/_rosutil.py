@@ -226,7 +226,8 @@ def write_params(path: Path, params: dict) -> Path:
     return path
 
 
-def start_mapper(procs: RosProcesses, tmp: Path, root: Path, extra: dict | None = None, name: str = "mapper"):
+def start_mapper(procs: RosProcesses, tmp: Path, root: Path, extra: dict | None = None, name: str = "mapper",
+                 ros_args: tuple[str, ...] = ()):
     params = {
         "device": "cpu",
         "node.pose_source": "topic",
@@ -241,6 +242,7 @@ def start_mapper(procs: RosProcesses, tmp: Path, root: Path, extra: dict | None 
         **(extra or {}),
     }
     pfile = write_params(tmp / f"{name}_params.yaml", params)
-    proc = procs.start(["-m", "ccl_lgs_ros.ros.mapping_node", "--ros-args", "--params-file", pfile], name=name)
+    proc = procs.start(["-m", "ccl_lgs_ros.ros.mapping_node", "--ros-args", "--params-file", pfile, *ros_args],
+                       name=name)
     procs.wait_for_line(proc, "/semantic_query is up", timeout=60)
     return proc

@@ -30,6 +30,7 @@ def test_a_burst_is_answered_never_dropped(ros_procs, tmp_path, ros_env_vars, ex
             "node.max_queries_in_flight": 1,
             "node.query_executor": executor,
         },
+        ros_args=("-r", "__node:=mapper_renamed"),  # as a launch file's name= does
     )
     client = RosClient(int(ros_env_vars["ROS_DOMAIN_ID"]))
     try:
@@ -54,7 +55,8 @@ def test_a_burst_is_answered_never_dropped(ros_procs, tmp_path, ros_env_vars, ex
             assert "node.max_queries_in_flight" in busy[0].message and not busy[0].instances
         else:  # one query at a time from the queue: nothing to refuse
             assert not busy and len(ok) == n
-            assert "ccl_lgs_mapper_query" in client.node.get_node_names()
+            names = client.node.get_node_names()
+            assert "mapper_renamed" in names and "mapper_renamed_query" in names, names
         # the node is still fine: one query at a time is answered
         time.sleep(0.2)
         fut = cli.call_async(SemanticQuery.Request(query="red mug"))

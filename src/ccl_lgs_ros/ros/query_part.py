@@ -120,9 +120,13 @@ class SceneServer:
         self._query_stop = threading.Event()
         host = node
         if cfg.node.query_executor == "events" and events_executor_class() is not None:
+            name = f"{node.get_name()}_query"
+            # A launch file's name remap (`-r __node:=ccl_lgs_mapper`) applies to every node of the
+            # process; the query node's own remap comes first, so it keeps a name of its own.
             host = self.query_node = Node(
-                f"{node.get_name()}_query", namespace=node.get_namespace(), start_parameter_services=False
-            )
+                name, namespace=node.get_namespace(), start_parameter_services=False,
+                cli_args=["--ros-args", "-r", f"__node:={name}"],
+            )  # fmt: skip
         self.srv = host.create_service(
             SemanticQuery,
             "/semantic_query",
