@@ -152,15 +152,16 @@ class SceneServer:
                         self.node.get_logger().error(f"/semantic_query executor stopped: {type(exc).__name__}: {exc}")
                     return
 
-        self._query_thread = threading.Thread(target=spin, name="semantic_query", daemon=True)
-        self._query_thread.start()
+        thread = threading.Thread(target=spin, name="semantic_query", daemon=True)
+        thread.start()
+        self._query_thread = thread  # only once started: a signal in between leaves nothing to join
 
     def stop_query_thread(self, timeout: float = 5.0) -> None:
         """Stop taking queries (the one in progress ends first) and destroy the query node."""
         self._query_stop.set()
-        if self._query_thread is not None:
-            self._query_thread.join(timeout)
-            self._query_thread = None
+        thread, self._query_thread = self._query_thread, None
+        if thread is not None and thread.ident is not None:
+            thread.join(timeout)
         if self._query_executor is not None:
             try:
                 self._query_executor.shutdown(timeout_sec=1.0)
