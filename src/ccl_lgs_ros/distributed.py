@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime
+import gc
 import hashlib
 import logging
 import math
@@ -317,6 +318,11 @@ def shutdown() -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
     _CTX = DistContext()
+    # A process group left in a reference cycle is otherwise freed by the garbage collector during
+    # interpreter finalization, when its gloo worker threads can no longer be stopped cleanly: the
+    # process then aborts ("terminate called without an active exception", exit -6) after its work
+    # is done. Collect now, while everything is alive.
+    gc.collect()
 
 
 def setup_rank_logging(ctx: DistContext, log_dir: Path) -> Path | None:
