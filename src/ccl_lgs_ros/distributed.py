@@ -429,7 +429,8 @@ def launch(argv: Sequence[str], local: bool) -> int:
     log.info("starting torchrun: %s", " ".join(argv[1:]))
     proc = subprocess.Popen(list(argv), env=env, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
     errors: list[str] = []  # the ranks' own one-line errors
-    summary: list[str] = []  # torchrun's root-cause block: rank, exit code, signal
+    summary: list[str] = []  # torchrun's failure blocks: rank, exit code, signal
+    root: list[str] = []  # the same lines from its "Root Cause" block only
 
     def pump() -> None:
         assert proc.stderr is not None
@@ -438,8 +439,10 @@ def launch(argv: Sequence[str], local: bool) -> int:
             text = line.strip()
             if "ccl-lgs train: error:" in text:
                 errors.append(text.split("error:", 1)[-1].strip())
+            elif text.startswith("Root Cause"):
+                root.append("")  # from here on: the first rank that failed (the others were stopped after it)
             elif text.startswith(("rank ", "exitcode ")) or text.startswith("traceback") and "Signal " in text:
-                summary.append(" ".join(text.split()))
+                (root if root else summary).append(" ".join(text.split()))
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
@@ -456,7 +459,7 @@ def launch(argv: Sequence[str], local: bool) -> int:
             signal.signal(s, h)
     reader.join(timeout=5)
     if rc != 0:
-        why = "; ".join(summary[:3] + errors[:1]) or "see the ranks' output above"
+        why = "; ".join(([r for r in root if r] or summary)[:3] + errors[:1]) or "see the ranks' output above"
         sys.stderr.write(f"ccl-lgs train: error: the distributed run failed (torchrun exit code {rc}): {why}\n")
     return rc if rc >= 0 else 128 - rc
 

@@ -397,6 +397,23 @@ def test_gsplat_distributed_rasterization_two_gpus(capture, tmp_path):
     assert sum(metrics["local_gaussians"]) == metrics["n_gaussians"]
 
 
+def test_a_failed_run_is_summed_up_by_its_root_cause(capfd):
+    """torchrun lists the ranks it stopped (SIGTERM) before the root cause; the summary line names
+    the rank that failed first. (A stand-in for torchrun prints its failure report.)"""
+    report = "\n".join([
+        "Failures:", "[1]:", "  rank      : 0 (local_rank: 0)", "  exitcode  : -15 (pid: 41)  (SIGTERM)",
+        "  traceback : Signal 15 (SIGTERM) received by PID 41", "Root Cause (first observed failure):", "[0]:",
+        "  rank      : 1 (local_rank: 1)", "  exitcode  : -9 (pid: 42)  (SIGKILL)",
+        "  traceback : Signal 9 (SIGKILL) received by PID 42",
+    ])  # fmt: skip
+    code = f"import sys; sys.stderr.write({report!r} + '\\n'); sys.exit(1)"
+    assert D.launch([sys.executable, "-c", code], local=True) == 1
+    last = capfd.readouterr().err.strip().splitlines()[-1]
+    assert last == ("ccl-lgs train: error: the distributed run failed (torchrun exit code 1): "
+                    "rank : 1 (local_rank: 1); exitcode : -9 (pid: 42) (SIGKILL); "
+                    "traceback : Signal 9 (SIGKILL) received by PID 42"), last
+
+
 def test_the_node_reports_the_launchers_summary_line():
     """The last line `--nproc` writes on a failed run is what the node's failure message picks."""
     from ccl_lgs_ros.supervisor import error_line
