@@ -271,7 +271,7 @@ def main(args: list[str] | None = None) -> int:
             print(f"mapping_node: cannot start ROS 2: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
         node = MappingNode()
-        executor = MultiThreadedExecutor(num_threads=SceneServer.executor_threads(node.cfg))
+        executor = MultiThreadedExecutor(num_threads=node.server.executor_threads())
         executor.add_node(node)
         node.server.start_query_thread()
         signals.spinning = True

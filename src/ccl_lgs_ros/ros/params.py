@@ -45,6 +45,7 @@ READ_ONLY = {
     "viewer.max_splats",
     "node.query_queue_depth",
     "node.max_queries_in_flight",
+    "node.query_executor",
 }
 
 _INT_MAX = 2**63 - 1

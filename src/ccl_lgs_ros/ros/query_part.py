@@ -3,15 +3,18 @@
 The loaded scene is one immutable :class:`~ccl_lgs_ros.scene.LoadedScene` object held in
 :attr:`SceneServer.scene`; a new scene is built completely (outside any lock) and then swapped in
 with one reference assignment, so a query either sees the old scene or the new one, never a
-half-loaded scene. Queries run in their own reentrant callback group, several at once on the
-node's multi-threaded executor, next to capture (the engine is thread-safe: immutable index,
-locked caches).
+half-loaded scene. With ``node.query_executor: events`` (the default) ``/semantic_query`` is
+served by a small node of its own (``<name>_query``) on rclpy's C++ EventsExecutor in one thread,
+one query after another; with ``threads`` (or an rclpy without EventsExecutor) queries run in
+their own reentrant callback group, several at once on the node's multi-threaded executor, next to
+capture (the engine is thread-safe: immutable index, locked caches).
 
 Under load nothing is dropped silently: the request queue is ``node.query_queue_depth`` deep
-(DDS drops requests beyond it unanswered), and while ``node.max_queries_in_flight`` queries are
-being worked on a new request is answered at once with ``success: false`` and a "busy" message.
-The executor has more threads than that bound (:meth:`SceneServer.executor_threads`), so some
-thread is always free to take a request and refuse it.
+(DDS drops requests beyond it unanswered). On the multi-threaded executor, while
+``node.max_queries_in_flight`` queries are being worked on a new request is answered at once with
+``success: false`` and a "busy" message; the executor has more threads than that bound
+(:meth:`SceneServer.executor_threads`), so some thread is always free to take a request and
+refuse it.
 """
 
 from __future__ import annotations
@@ -175,10 +178,11 @@ class SceneServer:
                 pass
             self.query_node = None
 
-    @staticmethod
-    def executor_threads(cfg: Config) -> int:
-        """Threads the node's executor needs: the query bound plus :data:`SPARE_THREADS`."""
-        return int(cfg.node.max_queries_in_flight) + SPARE_THREADS
+    def executor_threads(self) -> int:
+        """Threads the mapping node's executor needs: :data:`SPARE_THREADS`, plus the query bound
+        when queries run on it (``node.query_executor: threads``, or no EventsExecutor)."""
+        on_node = self.query_node is None
+        return (int(self.cfg.node.max_queries_in_flight) if on_node else 0) + SPARE_THREADS
 
     @property
     def in_flight(self) -> int:

@@ -386,7 +386,7 @@ class SceneViewer:
                 "/scene/splats", centers=centers[ids], covariances=lod_covs, rgbs=self._base_u8[ids],
                 opacities=opac[ids],
             )  # fmt: skip
-            self._buf = pack_splats(centers[ids], lod_covs, self._base_u8[ids], opac[ids])
+            self._buf = np.asarray(self._splats.buffer)  # viser's own packing of what it sends
             lo, hi = np.percentile(centers, 2, axis=0), np.percentile(centers, 98, axis=0)
             size = float(np.max(hi - lo)) if centers.size else 1.0
             self._scene_nodes.append(self.server.scene.add_frame(
